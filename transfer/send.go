@@ -1,0 +1,344 @@
+package transfer
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"lukechampine.com/blake3"
+)
+
+// ErrDeclined is returned (wrapped) when the receiver refuses the offer.
+var ErrDeclined = errors.New("receiver declined")
+
+// ErrNotConfirmed is returned (wrapped) when the receiver could not confirm
+// every file's hash.
+var ErrNotConfirmed = errors.New("not every file was confirmed by the receiver")
+
+// RemoteError is an ERROR frame from the other side.
+type RemoteError struct{ Msg string }
+
+func (e *RemoteError) Error() string { return "peer: " + e.Msg }
+
+// Progress receives transfer progress. Calls come from one goroutine.
+type Progress interface {
+	// Begin is called once the receiver's decision is known: the number of
+	// files and bytes that will actually flow.
+	Begin(files int, bytes int64)
+	// FileBegin starts a file; offset bytes were already there (resumed).
+	FileBegin(path string, size, offset int64)
+	// Advance reports n more bytes moved.
+	Advance(n int64)
+	// FileEnd finishes a file; err is nil when its hash was confirmed.
+	FileEnd(path string, err error)
+	// End is called once, last.
+	End()
+}
+
+type noProgress struct{}
+
+func (noProgress) Begin(int, int64)               {}
+func (noProgress) FileBegin(string, int64, int64) {}
+func (noProgress) Advance(int64)                  {}
+func (noProgress) FileEnd(string, error)          {}
+func (noProgress) End()                           {}
+
+// Report says what a transfer did.
+type Report struct {
+	Entries   int           // entries in the offer
+	Files     int           // files moved and confirmed
+	Skipped   int           // files the receiver already had
+	Failed    []string      // files that could not be confirmed
+	Bytes     int64         // bytes moved over the link (excludes resumed and skipped)
+	Resumed   int64         // bytes not moved because a partial copy was reused
+	Total     int64         // size of every file in the offer
+	Duration  time.Duration // from the first byte of the offer to the end
+	Saved     []string      // receiver: final paths written (or "-" for stdout)
+	Remote    string        // the other side's peer id, when known
+	Reason    string        // receiver's reason when it declined
+	FirstData time.Duration // time from start to the first data byte
+}
+
+// SendOptions tunes Send. The zero value is valid.
+type SendOptions struct {
+	Progress Progress
+}
+
+// Send offers src over conn and moves what the receiver asks for. It returns
+// nil only when the receiver confirmed every file's hash.
+func Send(ctx context.Context, conn io.ReadWriter, src *Source, opts SendOptions) (*Report, error) {
+	stop := context.AfterFunc(ctx, func() { abort(conn) })
+	defer stop()
+	pr := opts.Progress
+	if pr == nil {
+		pr = noProgress{}
+	}
+	s := &sender{conn: conn, src: src, fr: NewFrameReader(conn), pr: pr, start: time.Now()}
+	rep, err := s.run(ctx)
+	if ctx.Err() != nil && err != nil {
+		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return rep, err
+}
+
+type sender struct {
+	conn  io.ReadWriter
+	src   *Source
+	fr    *FrameReader
+	pr    Progress
+	start time.Time
+	wbuf  []byte
+}
+
+func (s *sender) writeMsg(typ byte, v any) error {
+	var payload []byte
+	if v != nil {
+		payload = marshal(v)
+	}
+	s.wbuf = AppendFrame(s.wbuf[:0], typ, payload)
+	_, err := s.conn.Write(s.wbuf)
+	return err
+}
+
+func (s *sender) run(ctx context.Context) (*Report, error) {
+	rep := &Report{Entries: len(s.src.Entries), Total: s.src.Bytes()}
+	defer func() { rep.Duration = time.Since(s.start) }()
+
+	// Offer, in batches that keep each frame well under MaxPayload.
+	batch := Offer{V: Version}
+	size := 0
+	for _, e := range s.src.Entries {
+		batch.Entries = append(batch.Entries, e)
+		size += len(e.Path) + len(e.Target) + 160
+		if size > MaxPayload/2 {
+			if err := s.writeMsg(FrameOffer, batch); err != nil {
+				return rep, fmt.Errorf("send offer: %w", err)
+			}
+			batch.Entries, size = batch.Entries[:0], 0
+		}
+	}
+	if len(batch.Entries) > 0 {
+		if err := s.writeMsg(FrameOffer, batch); err != nil {
+			return rep, fmt.Errorf("send offer: %w", err)
+		}
+	}
+	end := OfferEnd{Entries: len(s.src.Entries), Files: s.src.Files(), Bytes: s.src.Bytes()}
+	if err := s.writeMsg(FrameOfferEnd, end); err != nil {
+		return rep, fmt.Errorf("send offer: %w", err)
+	}
+
+	var dec Decision
+	if err := s.expect(FrameDecision, &dec); err != nil {
+		return rep, fmt.Errorf("waiting for the receiver's decision: %w", err)
+	}
+	if !dec.Accept {
+		rep.Reason = dec.Reason
+		return rep, fmt.Errorf("%w: %s", ErrDeclined, dec.Reason)
+	}
+	wanted := make(map[int]bool, len(dec.Want))
+	var toSend int64
+	for _, w := range dec.Want {
+		if w.I < 0 || w.I >= len(s.src.Entries) || s.src.Entries[w.I].Kind != KindFile || wanted[w.I] {
+			return rep, fmt.Errorf("receiver asked for entry %d, which is not a file of the offer", w.I)
+		}
+		wanted[w.I] = true
+		if sz := s.src.Entries[w.I].Size; sz > 0 {
+			toSend += sz - min(max(w.Offset, 0), sz)
+		}
+	}
+	rep.Skipped = s.src.Files() - len(dec.Want)
+	s.pr.Begin(len(dec.Want), toSend)
+	defer s.pr.End()
+
+	// Results come back while data flows: read them in a goroutine that
+	// this function waits for.
+	results := make(chan Result, len(dec.Want))
+	readErr := make(chan error, 1)
+	var summary Summary
+	go func() {
+		readErr <- s.readResults(results, &summary, len(dec.Want))
+	}()
+
+	buf := make([]byte, HeaderSize+DataChunk)
+	var sendErr error
+	for _, w := range dec.Want {
+		if sendErr = s.sendFile(ctx, w, buf, rep); sendErr != nil {
+			break
+		}
+	}
+	if sendErr == nil {
+		sendErr = s.writeMsg(FrameDone, nil)
+	}
+	if sendErr != nil {
+		abort(s.conn)
+		<-readErr
+		return rep, sendErr
+	}
+	if err := <-readErr; err != nil {
+		return rep, err
+	}
+	close(results)
+	for r := range results {
+		e := &s.src.Entries[r.I]
+		if r.OK {
+			rep.Files++
+			s.pr.FileEnd(e.Path, nil)
+		} else {
+			rep.Failed = append(rep.Failed, fmt.Sprintf("%s: %s", e.Path, r.Err))
+			s.pr.FileEnd(e.Path, errors.New(r.Err))
+		}
+	}
+	if len(rep.Failed) > 0 {
+		return rep, fmt.Errorf("%w: %v", ErrNotConfirmed, rep.Failed)
+	}
+	return rep, nil
+}
+
+// readResults collects one RESULT per wanted file, then the SUMMARY.
+func (s *sender) readResults(results chan<- Result, sum *Summary, want int) error {
+	got := 0
+	for {
+		typ, payload, err := s.fr.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("receiver went away after confirming %d of %d files: %w", got, want, err)
+		}
+		switch typ {
+		case FrameResult:
+			var r Result
+			if err := unmarshal(typ, payload, &r); err != nil {
+				return err
+			}
+			if r.I < 0 || r.I >= len(s.src.Entries) || got >= want {
+				return fmt.Errorf("receiver sent a result for entry %d, which was not sent", r.I)
+			}
+			got++
+			results <- r
+		case FrameSummary:
+			if got != want {
+				return fmt.Errorf("receiver ended after %d of %d results", got, want)
+			}
+			return unmarshal(typ, payload, sum)
+		case FrameError:
+			var m ErrorMsg
+			unmarshal(typ, payload, &m)
+			return &RemoteError{Msg: m.Msg}
+		default:
+			return fmt.Errorf("transfer: unexpected %s from the receiver", FrameName(typ))
+		}
+	}
+}
+
+// expect reads one frame that must be of type typ (an ERROR frame becomes a
+// RemoteError) and decodes it into v.
+func (s *sender) expect(typ byte, v any) error {
+	t, payload, err := s.fr.Next()
+	if err != nil {
+		return err
+	}
+	if t == FrameError {
+		var m ErrorMsg
+		unmarshal(t, payload, &m)
+		return &RemoteError{Msg: m.Msg}
+	}
+	if t != typ {
+		return fmt.Errorf("transfer: got %s, want %s", FrameName(t), FrameName(typ))
+	}
+	return unmarshal(t, payload, v)
+}
+
+func (s *sender) sendFile(ctx context.Context, w Want, buf []byte, rep *Report) error {
+	e := &s.src.Entries[w.I]
+	var r io.Reader
+	offset := int64(0)
+	if e.IsStream() {
+		r = s.src.stream
+	} else {
+		f, err := os.Open(s.src.local[w.I])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if w.Offset > 0 && w.Offset <= e.Size {
+			// Resume only if the receiver's prefix is ours.
+			h := blake3.New(32, nil)
+			n, err := hashReader(ctx, h, f, w.Offset)
+			if err != nil {
+				return fmt.Errorf("hash %s: %w", s.src.local[w.I], err)
+			}
+			if n == w.Offset && hex.EncodeToString(h.Sum(nil)) == w.Prefix {
+				offset = w.Offset
+			}
+			if _, err := f.Seek(offset, io.SeekStart); err != nil {
+				return err
+			}
+		}
+		r = f
+	}
+	if err := s.writeMsg(FrameFileStart, FileStart{I: w.I, Offset: offset}); err != nil {
+		return err
+	}
+	rep.Resumed += offset
+	s.pr.FileBegin(e.Path, e.Size, offset)
+	var h *blake3.Hasher
+	if e.IsStream() {
+		h = blake3.New(32, nil)
+	}
+	sent := offset
+	for {
+		n, rerr := io.ReadFull(r, buf[HeaderSize:])
+		if n > 0 {
+			if e.Size >= 0 && sent+int64(n) > e.Size {
+				return fmt.Errorf("%s grew while being sent", e.Path)
+			}
+			if h != nil {
+				h.Write(buf[HeaderSize : HeaderSize+n])
+			}
+			AppendHeader(buf[:0], FrameData, n)
+			if rep.FirstData == 0 {
+				rep.FirstData = time.Since(s.start)
+			}
+			if _, err := s.conn.Write(buf[:HeaderSize+n]); err != nil {
+				return err
+			}
+			sent += int64(n)
+			rep.Bytes += int64(n)
+			s.pr.Advance(int64(n))
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("read %s: %w", e.Path, rerr)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	end := FileEnd{I: w.I, Size: sent, Hash: e.Hash}
+	if e.IsStream() {
+		end.Hash = hex.EncodeToString(h.Sum(nil))
+	} else if sent != e.Size {
+		return fmt.Errorf("%s shrank while being sent (%d of %d bytes)", e.Path, sent, e.Size)
+	}
+	return s.writeMsg(FrameFileEnd, end)
+}
+
+// abort unblocks every pending read and write on conn: through an expired
+// deadline where it has one (a peer channel's Close is only a half-close),
+// else by closing it.
+func abort(conn any) {
+	if d, ok := conn.(interface{ SetDeadline(time.Time) error }); ok {
+		d.SetDeadline(time.Unix(1, 0))
+		return
+	}
+	if c, ok := conn.(io.Closer); ok {
+		c.Close()
+	}
+}
