@@ -1,0 +1,299 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/del-share/del/identity"
+	"github.com/del-share/del/peer"
+	"github.com/del-share/del/transfer"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+func init() { commands = append(commands, newSendCmd, newReceiveCmd) }
+
+// FileChannel is the peer channel that carries file transfers.
+const FileChannel = "file"
+
+// parseTarget splits "<peer-id>@<host>:<port>".
+func parseTarget(s string) (identity.ID, string, error) {
+	idPart, addr, ok := strings.Cut(s, "@")
+	id, err := identity.ParseID(idPart)
+	if err != nil {
+		return id, "", err
+	}
+	if !ok {
+		return id, "", errors.New("finding a peer by id alone needs the DHT, which is not wired into send yet: use <peer-id>@<host>:<port> (printed by `del receive --listen`)")
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return id, "", fmt.Errorf("address %q: %w", addr, err)
+	}
+	return id, addr, nil
+}
+
+func newSendCmd() *cobra.Command {
+	var (
+		name    string
+		quiet   bool
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "send <peer-id>@<host>:<port> PATH... | -",
+		Short: "Send files, directories or stdin (-) to a peer",
+		Long: `Send files, directories (recursively) or standard input ("-") to a peer.
+Exits 0 only when the receiver has confirmed every file's content hash.`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			want, addr, err := parseTarget(args[0])
+			if err != nil {
+				return err
+			}
+			ident, err := loadIdentity(cmd)
+			if err != nil {
+				return err
+			}
+			paths := args[1:]
+			var src *transfer.Source
+			if len(paths) == 1 && paths[0] == "-" {
+				src, err = transfer.StreamSource(name, os.Stdin)
+			} else {
+				for _, p := range paths {
+					if p == "-" {
+						return errors.New(`"-" (stdin) must be the only path`)
+					}
+				}
+				src, err = transfer.Scan(ctx, paths, nil)
+			}
+			if err != nil {
+				return err
+			}
+			dctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			var d net.Dialer
+			conn, err := d.DialContext(dctx, "tcp", addr)
+			if err != nil {
+				return fmt.Errorf("connect to %s: %w", addr, err)
+			}
+			link, err := peer.Client(dctx, conn, peer.Config{Identity: ident, Expect: want})
+			if err != nil {
+				return err
+			}
+			defer link.Close()
+			ch, err := link.Open(dctx, FileChannel)
+			if err != nil {
+				return err
+			}
+			defer ch.Close()
+			rep, err := transfer.Send(ctx, ch, src, transfer.SendOptions{Progress: newProgress(cmd.ErrOrStderr(), "sending", quiet)})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "sent %s to %s over a direct link to %s\n", describe(rep), want, link.RemoteAddr())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "stdin", `name the receiver gives to data read from "-"`)
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
+	cmd.Flags().DurationVar(&timeout, "connect-timeout", 30*time.Second, "how long to try to reach the peer")
+	return cmd
+}
+
+// describe summarises a report: files, bytes, time, rate, skips, resumes.
+func describe(rep *transfer.Report) string {
+	secs := rep.Duration.Seconds()
+	rate := float64(rep.Bytes) / max(secs, 1e-9)
+	s := fmt.Sprintf("%d file(s), %s in %.2fs (%s/s)", rep.Files, transfer.FormatBytes(rep.Bytes), secs, transfer.FormatBytes(int64(rate)))
+	if rep.Skipped > 0 {
+		s += fmt.Sprintf(", %d already there", rep.Skipped)
+	}
+	if rep.Resumed > 0 {
+		s += fmt.Sprintf(", resumed %s", transfer.FormatBytes(rep.Resumed))
+	}
+	return s
+}
+
+func newReceiveCmd() *cobra.Command {
+	var (
+		listen    string
+		dir       string
+		yes       bool
+		toStdout  bool
+		overwrite bool
+		from      string
+		quiet     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "receive [--listen HOST:PORT] [--dir DIR] [--yes]",
+		Short: "Receive one transfer from a peer",
+		Long: `Receive one transfer. With --listen, prints "listening <peer-id>@<host>:<port>"
+once ready; a sender then runs: del send <peer-id>@<host>:<port> PATH...
+Nothing is accepted without consent: --yes, an answer at the terminal prompt,
+or --from limiting who may send.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if listen == "" {
+				return errors.New("going online through the DHT is not wired into receive yet: use --listen HOST:PORT")
+			}
+			var only identity.ID
+			if from != "" {
+				id, err := identity.ParseID(from)
+				if err != nil {
+					return fmt.Errorf("--from: %w", err)
+				}
+				only = id
+			}
+			ident, err := loadIdentity(cmd)
+			if err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			defer ln.Close()
+			stop := context.AfterFunc(ctx, func() { ln.Close() })
+			defer stop()
+			out := cmd.OutOrStdout()
+			info := out
+			if toStdout {
+				info = cmd.ErrOrStderr()
+			}
+			fmt.Fprintf(info, "listening %s@%s\n", ident.ID, ln.Addr())
+			opts := transfer.ReceiveOptions{
+				Dir:       dir,
+				Overwrite: overwrite,
+				Progress:  newProgress(cmd.ErrOrStderr(), "receiving", quiet),
+				Decide:    consentPolicy(cmd, yes),
+			}
+			if toStdout {
+				opts.Stdout = out
+			}
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					return err
+				}
+				rep, err := serveOne(ctx, conn, ident, only, opts)
+				if errors.Is(err, errNotATransfer) {
+					// A stray connection or a refused peer: keep waiting.
+					fmt.Fprintf(cmd.ErrOrStderr(), "ignored a connection from %s: %v\n", conn.RemoteAddr(), err)
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				where := dir
+				if toStdout {
+					where = "stdout"
+				}
+				fmt.Fprintf(info, "received %s from %s into %s\n", describe(rep), rep.Remote, where)
+				return nil
+			}
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "", "HOST:PORT to listen on (port 0 picks a free one)")
+	cmd.Flags().StringVar(&dir, "dir", ".", "folder to receive into")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "accept the offer without asking")
+	cmd.Flags().BoolVar(&toStdout, "stdout", false, "write the single received file to stdout")
+	cmd.Flags().BoolVar(&overwrite, "overwrite", false, "replace existing files that have other content")
+	cmd.Flags().StringVar(&from, "from", "", "accept only this peer id")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
+	return cmd
+}
+
+var errNotATransfer = errors.New("not a transfer")
+
+// serveOne authenticates one incoming connection and receives the transfer
+// on its file channel.
+func serveOne(ctx context.Context, conn net.Conn, ident *identity.Identity, only identity.ID, opts transfer.ReceiveOptions) (*transfer.Report, error) {
+	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	link, err := peer.Server(hctx, conn, peer.Config{Identity: ident, Expect: only})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNotATransfer, err)
+	}
+	defer link.Close()
+	name, ch, err := link.Accept(hctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNotATransfer, err)
+	}
+	defer ch.Close()
+	if name != FileChannel {
+		return nil, fmt.Errorf("%w: peer opened channel %q", errNotATransfer, name)
+	}
+	opts.Remote = link.Remote.String()
+	rep, err := transfer.Receive(ctx, ch, opts)
+	if rep != nil {
+		rep.Remote = link.Remote.String()
+	}
+	return rep, err
+}
+
+// consentPolicy accepts with --yes, asks on a terminal, and refuses otherwise.
+func consentPolicy(cmd *cobra.Command, yes bool) func(context.Context, *transfer.OfferInfo) error {
+	return func(ctx context.Context, o *transfer.OfferInfo) error {
+		if yes {
+			return nil
+		}
+		tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+		if err != nil || !term.IsTerminal(int(tty.Fd())) {
+			if tty != nil {
+				tty.Close()
+			}
+			return errors.New("the receiver did not consent (no terminal to ask; it needs --yes)")
+		}
+		defer tty.Close()
+		fmt.Fprintf(tty, "%s offers %d file(s), %s", o.Remote, o.Files, transfer.FormatBytes(o.Bytes))
+		if o.Skip > 0 || o.Resume > 0 {
+			fmt.Fprintf(tty, " (%s to move)", transfer.FormatBytes(o.Move))
+		}
+		fmt.Fprintln(tty, ":")
+		for i, e := range o.Entries {
+			if i == 10 {
+				fmt.Fprintf(tty, "  … and %d more\n", len(o.Entries)-10)
+				break
+			}
+			fmt.Fprintf(tty, "  %s %s\n", e.Path, sizeOf(e))
+		}
+		fmt.Fprintf(tty, "Accept into %s? [y/N] ", o.Dir)
+		answer := make(chan string, 1)
+		go func() {
+			line, _ := bufio.NewReader(tty).ReadString('\n')
+			answer <- line
+		}()
+		select {
+		case line := <-answer:
+			if a := strings.ToLower(strings.TrimSpace(line)); a == "y" || a == "yes" {
+				return nil
+			}
+			return errors.New("the receiver declined")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func sizeOf(e transfer.Entry) string {
+	switch {
+	case e.Kind == transfer.KindDir:
+		return "(folder)"
+	case e.Kind == transfer.KindSymlink:
+		return "-> " + e.Target
+	case e.Size < 0:
+		return "(stream)"
+	}
+	return "(" + transfer.FormatBytes(e.Size) + ")"
+}
+
