@@ -296,4 +296,3 @@ func sizeOf(e transfer.Entry) string {
 	}
 	return "(" + transfer.FormatBytes(e.Size) + ")"
 }
-
