@@ -1,0 +1,98 @@
+package dht
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// tickInterval is how often a UDP node runs its timers.
+const tickInterval = 50 * time.Millisecond
+
+// UDPNode is a Node that owns a UDP socket: one goroutine reads datagrams,
+// one runs the timers; Close stops both and waits for them.
+type UDPNode struct {
+	*Node
+	conn *net.UDPConn
+	stop chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+type udpTransport struct{ conn *net.UDPConn }
+
+func (t udpTransport) Send(b []byte, to netip.AddrPort) error {
+	_, err := t.conn.WriteToUDPAddrPort(b, to)
+	return err
+}
+
+// ListenUDP binds addr ("127.0.0.1:0" in tests) and runs a node on it.
+func ListenUDP(cfg Config, addr string) (*UDPNode, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dht listen %s: %w", addr, err)
+	}
+	conn, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, fmt.Errorf("dht listen %s: %w", addr, err)
+	}
+	_ = conn.SetReadBuffer(1 << 20)
+	n, err := New(cfg, udpTransport{conn})
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	u := &UDPNode{Node: n, conn: conn, stop: make(chan struct{})}
+	u.wg.Add(2)
+	go u.readLoop()
+	go u.tickLoop()
+	return u, nil
+}
+
+// Addr is the bound address.
+func (u *UDPNode) Addr() netip.AddrPort {
+	return normAddr(u.conn.LocalAddr().(*net.UDPAddr).AddrPort())
+}
+
+func (u *UDPNode) readLoop() {
+	defer u.wg.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		n, from, err := u.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		u.Node.HandlePacket(buf[:n], from)
+	}
+}
+
+func (u *UDPNode) tickLoop() {
+	defer u.wg.Done()
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-u.stop:
+			return
+		case <-t.C:
+			u.Node.Tick()
+		}
+	}
+}
+
+// Close stops the node and closes the socket. It is safe to call twice.
+func (u *UDPNode) Close() error {
+	u.once.Do(func() {
+		u.Node.Close()
+		close(u.stop)
+		u.conn.Close()
+		u.wg.Wait()
+	})
+	return nil
+}
