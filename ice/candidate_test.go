@@ -98,7 +98,7 @@ func TestCandidateParse(t *testing.T) {
 		{in: "candidate:3 1 TCP 8388863 ::1 5000 typ relay raddr ::1 rport 6000 generation 0 tcptype passive network-id 1",
 			want: Candidate{Foundation: "3", Component: 1, Priority: 8388863, Addr: netip.MustParseAddrPort("[::1]:5000"), Type: Relayed, TCPType: Passive, Related: netip.MustParseAddrPort("[::1]:6000")}},
 		{in: "candidate:1 1 UDP 2130706431 10.0.0.1 5000 typ host", err: ErrNotTCP},
-		{in: "candidate:1 1 TCP 2130706431 10.0.0.1 5000 typ host", err: ErrCandidateSyntax},                   // no tcptype
+		{in: "candidate:1 1 TCP 2130706431 10.0.0.1 5000 typ host", err: ErrCandidateSyntax},                  // no tcptype
 		{in: "candidate:1 1 TCP 2130706431 10.0.0.1 5000 typ host tcptype sideways", err: ErrCandidateSyntax}, // bad tcptype
 		{in: "candidate:1 1 TCP 0 10.0.0.1 5000 typ host tcptype passive", err: ErrCandidateSyntax},           // priority 0
 		{in: "candidate:1 1 TCP 4294967296 10.0.0.1 5000 typ host tcptype passive", err: ErrCandidateSyntax},  // priority overflow

@@ -237,7 +237,7 @@ func (cl *Checklist) Next(now time.Time) (p *Pair, wake time.Time) {
 	p.Checks++
 	p.started = now
 	cl.lastCheck = now
-	if cl.Controlling && cl.Nomination == Aggressive {
+	if cl.Controlling && cl.Nomination == Aggressive && (p.Direct() || cl.relayAllowed(now)) {
 		p.UseCandidate = true
 	}
 	return p, now.Add(cl.Ta)
@@ -325,7 +325,8 @@ func (cl *Checklist) Selected(now time.Time) *Pair {
 	var best *Pair
 	for _, p := range cl.Pairs {
 		if p.Nominated && p.State == Succeeded {
-			if !p.Direct() && !cl.relayAllowed(now) {
+			// the controlled agent takes what the controlling one nominated
+			if !p.Direct() && cl.Controlling && !cl.relayAllowed(now) {
 				continue
 			}
 			if best == nil || betterPair(p, best) {
@@ -357,19 +358,32 @@ func (cl *Checklist) relayAllowed(now time.Time) bool {
 	return true
 }
 
-// ToNominate returns, on the controlling agent under regular nomination,
+// Start moves a pair to InProgress for a check sent outside Next (a
+// triggered check, §7.3.1.4, sent at once: TCP needs no pacing for it).
+func (cl *Checklist) Start(p *Pair, now time.Time) {
+	p.State = InProgress
+	p.Checks++
+	p.started = now
+}
+
+// RelayAllowed reports whether a relayed pair may be nominated at now.
+func (cl *Checklist) RelayAllowed(now time.Time) bool { return cl.relayAllowed(now) }
+
+// ToNominate returns, on the controlling agent under regular nomination
+// (and under aggressive nomination for a pair checked without
+// USE-CANDIDATE, such as a relayed pair checked before the deadline),
 // the valid pair to check again with USE-CANDIDATE, or nil if it is not
 // time yet (§8.1.1). The rule: the best valid direct pair once no
 // higher-priority direct pair is still pending or Settle has passed since
 // the first direct pair became valid; a relayed pair only when
 // relayAllowed. It returns each nomination once.
 func (cl *Checklist) ToNominate(now time.Time) *Pair {
-	if !cl.Controlling || cl.Nomination != Regular || cl.nominatedSet {
+	if !cl.Controlling || cl.nominatedSet {
 		return nil
 	}
 	var best *Pair
 	for _, p := range cl.Pairs {
-		if p.State == Succeeded && (p.Direct() || cl.relayAllowed(now)) {
+		if p.State == Succeeded && !p.Nominated && (p.Direct() || cl.relayAllowed(now)) {
 			if best == nil || betterPair(p, best) {
 				best = p
 			}

@@ -34,6 +34,13 @@
 //     builds the valid pair from the mapped address); with TCP the
 //     connection that carried the check is what is used, so the mapped
 //     address is only reported.
+//   - The controlled agent selects a pair as soon as an authenticated check
+//     with USE-CANDIDATE arrives on its connection, without waiting for its
+//     own triggered check (RFC 8445 §7.3.1.5 waits): the controlling agent
+//     nominates only after its own check succeeded on this same TCP
+//     connection, so both directions are proven, and once it has handed the
+//     connection to an application that does not read yet, our check would
+//     go unanswered.
 //   - Aggressive nomination (RFC 5245 §8.1.1.2) is kept as an option. So
 //     that both sides pick the same connection, the controlled agent answers
 //     USE-CANDIDATE on one pair only: the first it accepted.

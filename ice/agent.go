@@ -1,0 +1,268 @@
+package ice
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Config configures an Agent. The zero value gathers host candidates on
+// every up, non-loopback interface, uses no STUN or TURN server and is
+// controlled; tests always set Addrs (loopback or lab addresses).
+type Config struct {
+	// Addrs are the local addresses to gather host candidates on. When
+	// empty, the addresses of Interfaces are used.
+	Addrs []netip.Addr
+	// Interfaces limits gathering to these interface names (DEL_INTERFACES,
+	// see InterfacesFromEnv). Empty: every up interface except loopback.
+	Interfaces []string
+	// STUN servers for server-reflexive candidates (Binding over TCP).
+	STUN []netip.AddrPort
+	// Relay, if set, makes the TURN-TCP allocation of the relayed candidate.
+	Relay RelayFunc
+	// Controlling: this agent nominates (RFC 8445 §6.1.1: the offerer).
+	Controlling bool
+	// Nomination: Regular (default) or Aggressive.
+	Nomination Nomination
+	// Ta paces new checks (default 20 ms).
+	Ta time.Duration
+	// CheckTimeout bounds one check: the TCP connect (S-O retries included)
+	// and the wait for its response (default 2 s).
+	CheckTimeout time.Duration
+	// DirectTimeout: after it (counted from the start of checks), a relayed
+	// pair may be nominated even if direct pairs are still pending
+	// (default 4 s). Before it, only once every direct pair failed.
+	DirectTimeout time.Duration
+	// Settle: how long the controlling agent waits, after the first direct
+	// pair succeeded, for higher-priority pairs still in progress
+	// (default 100 ms).
+	Settle time.Duration
+	// Timeout bounds Connect when ctx has no deadline (default 10 s).
+	Timeout time.Duration
+	// Logf, if set, receives debug lines.
+	Logf func(format string, args ...any)
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.Ta == 0 {
+		c.Ta = 20 * time.Millisecond
+	}
+	if c.CheckTimeout == 0 {
+		c.CheckTimeout = 2 * time.Second
+	}
+	if c.DirectTimeout == 0 {
+		c.DirectTimeout = 4 * time.Second
+	}
+	if c.Settle == 0 {
+		c.Settle = 100 * time.Millisecond
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logf == nil {
+		c.Logf = func(string, ...any) {}
+	}
+}
+
+// Errors of the agent.
+var (
+	// ErrNoPath: no pair was selected before the deadline.
+	ErrNoPath = errors.New("ice: no working path")
+	// ErrClosed: the agent was closed.
+	ErrClosed = errors.New("ice: agent closed")
+)
+
+// maxCheckFrame bounds a STUN frame during checks; a STUN-looking frame
+// announcing more is hostile and its connection is closed.
+const maxCheckFrame = 2048
+
+// Agent gathers candidates and runs the checks for one connection.
+// Use: NewAgent, Gather (send the Description to the peer), Connect with
+// the peer's Description. Close releases everything not handed out.
+type Agent struct {
+	cfg        Config
+	ufrag, pwd string
+	tieBreaker uint64
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine of the agent but the relay's accept loop
+	// relayWG: the relay's accept loop, which ends when the allocation
+	// closes; owned by the returned Conn when the relayed pair is selected.
+	relayWG sync.WaitGroup
+
+	mu        sync.Mutex // guards the fields below
+	locals    []Candidate
+	listeners []net.Listener
+	relay     RelayAllocation
+	accepted  chan acceptedConn
+	conns     map[*pconn]bool
+	handedOut *pconn
+	closed    bool
+}
+
+type acceptedConn struct {
+	c     net.Conn
+	local Candidate
+}
+
+// NewAgent returns an agent with fresh credentials.
+func NewAgent(cfg Config) (*Agent, error) {
+	cfg.setDefaults()
+	var tb [8]byte
+	if _, err := rand.Read(tb[:]); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Agent{
+		cfg:        cfg,
+		ufrag:      randomICEString(8),
+		pwd:        randomICEString(24),
+		tieBreaker: binary.BigEndian.Uint64(tb[:]),
+		ctx:        ctx,
+		cancel:     cancel,
+		accepted:   make(chan acceptedConn, 64),
+		conns:      map[*pconn]bool{},
+	}, nil
+}
+
+// Gather collects the local candidates (RFC 8445 §5.1.1, RFC 6544 §4):
+// for each allowed address a host active, passive and S-O candidate;
+// server-reflexive passive and S-O candidates from each STUN server, asked
+// over TCP from the candidate's own port; a relayed passive candidate if
+// Relay is set. Redundant candidates are removed.
+func (a *Agent) Gather(ctx context.Context) (Description, error) {
+	addrs, err := localAddrs(&a.cfg)
+	if err != nil {
+		return Description{}, err
+	}
+	var cands []Candidate
+	lc := net.ListenConfig{Control: reuseControl}
+	for i, ip := range addrs {
+		pref := otherPref(ip, i)
+		cands = append(cands, newLocal(Host, Active, netip.AddrPortFrom(ip, DiscardPort), netip.AddrPortFrom(ip, 0), netip.Addr{}, pref))
+		for _, tcp := range []TCPType{Passive, SO} {
+			ln, err := lc.Listen(ctx, tcpNet(ip), netip.AddrPortFrom(ip, 0).String())
+			if err != nil {
+				a.Close()
+				return Description{}, fmt.Errorf("ice: listen on %s: %w", ip, err)
+			}
+			base := ln.Addr().(*net.TCPAddr).AddrPort()
+			base = netip.AddrPortFrom(base.Addr().Unmap(), base.Port())
+			c := newLocal(Host, tcp, base, base, netip.Addr{}, pref)
+			a.addListener(ln, c)
+			cands = append(cands, c)
+			for _, srv := range a.cfg.STUN {
+				if srv.Addr().Is4() != ip.Is4() {
+					continue
+				}
+				mapped, err := stunBinding(ctx, base, srv, a.cfg.CheckTimeout)
+				if err != nil {
+					a.cfg.Logf("ice: srflx from %s: %v", base, err)
+					continue
+				}
+				cands = append(cands, newLocal(ServerReflexive, tcp, mapped, base, srv.Addr(), pref))
+			}
+		}
+	}
+	if a.cfg.Relay != nil {
+		alloc, err := a.cfg.Relay(ctx)
+		if err != nil {
+			a.cfg.Logf("ice: relay allocation: %v", err)
+		} else {
+			c := newLocal(Relayed, Passive, alloc.Addr(), alloc.Addr(), alloc.Addr().Addr(), 0)
+			c.Related = alloc.Mapped()
+			a.mu.Lock()
+			a.relay = alloc
+			a.mu.Unlock()
+			a.relayWG.Add(1)
+			go func() {
+				defer a.relayWG.Done()
+				a.acceptInto(alloc.Accept, c)
+			}()
+			cands = append(cands, c)
+		}
+	}
+	cands = dedupe(cands)
+	a.mu.Lock()
+	a.locals = cands
+	a.mu.Unlock()
+	return Description{Ufrag: a.ufrag, Pwd: a.pwd, Candidates: cands}, nil
+}
+
+func (a *Agent) addListener(ln net.Listener, c Candidate) {
+	a.mu.Lock()
+	a.listeners = append(a.listeners, ln)
+	a.mu.Unlock()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.acceptInto(ln.Accept, c)
+	}()
+}
+
+// acceptInto hands every accepted connection to the check loop until the
+// listener or the agent closes.
+func (a *Agent) acceptInto(accept func() (net.Conn, error), local Candidate) {
+	for {
+		c, err := accept()
+		if err != nil {
+			return
+		}
+		select {
+		case a.accepted <- acceptedConn{c, local}:
+		case <-a.ctx.Done():
+			c.Close()
+			return
+		}
+	}
+}
+
+// Close releases listeners, the relay allocation (unless the selected
+// connection uses it), every connection not handed out, and waits for
+// every goroutine. Safe to call twice.
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil
+	}
+	a.closed = true
+	a.cancel()
+	for _, ln := range a.listeners {
+		ln.Close()
+	}
+	relay := a.relay
+	keepRelay := a.handedOut != nil && a.handedOut.local.Type == Relayed
+	for pc := range a.conns {
+		if pc != a.handedOut {
+			pc.c.Close()
+		}
+	}
+	a.mu.Unlock()
+	if relay != nil && !keepRelay {
+		relay.Close()
+		a.relayWG.Wait()
+	}
+	a.wg.Wait()
+	// drain connections accepted but never taken by a check loop
+	for {
+		select {
+		case ac := <-a.accepted:
+			ac.c.Close()
+		default:
+			return nil
+		}
+	}
+}

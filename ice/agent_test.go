@@ -1,0 +1,207 @@
+package ice
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+var loopback = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+
+type result struct {
+	conn *Conn
+	rep  *Report
+	err  error
+}
+
+// connectPair runs two agents (a controlling) against each other.
+func connectPair(t *testing.T, ca, cb Config) (ra, rb result) {
+	t.Helper()
+	ca.Controlling, cb.Controlling = true, false
+	if testing.Verbose() {
+		ca.Logf, cb.Logf = t.Logf, t.Logf
+	}
+	a, err := NewAgent(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewAgent(cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	ctx := context.Background()
+	da, err := a.Gather(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := b.Gather(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the descriptions travel as text
+	da2, err := ParseDescription(da.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	db2, err := ParseDescription(db.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, rep, err := b.Connect(ctx, da2)
+		ch <- result{c, rep, err}
+	}()
+	c, rep, err := a.Connect(ctx, db2)
+	ra = result{c, rep, err}
+	rb = <-ch
+	for _, r := range []result{ra, rb} {
+		if r.conn != nil {
+			t.Cleanup(func() { r.conn.Close() })
+		}
+	}
+	return ra, rb
+}
+
+// exchange sends n random bytes each way and checks them.
+func exchange(t *testing.T, x, y *Conn, n int) {
+	t.Helper()
+	msgX, msgY := make([]byte, n), make([]byte, n)
+	rand.Read(msgX)
+	rand.Read(msgY)
+	errc := make(chan error, 2)
+	go func() { _, err := x.Write(msgX); errc <- err }()
+	go func() { _, err := y.Write(msgY); errc <- err }()
+	gotY, gotX := make([]byte, n), make([]byte, n)
+	if _, err := io.ReadFull(x, gotY); err != nil {
+		t.Fatalf("read at controlling side: %v", err)
+	}
+	if _, err := io.ReadFull(y, gotX); err != nil {
+		t.Fatalf("read at controlled side: %v", err)
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(gotX, msgX) || !bytes.Equal(gotY, msgY) {
+		t.Fatal("data corrupted")
+	}
+}
+
+func samePath(t *testing.T, a, b *Conn) {
+	t.Helper()
+	if a.LocalAddr().String() != b.RemoteAddr().String() || a.RemoteAddr().String() != b.LocalAddr().String() {
+		t.Fatalf("agents chose different connections: %s<->%s vs %s<->%s", a.LocalAddr(), a.RemoteAddr(), b.LocalAddr(), b.RemoteAddr())
+	}
+}
+
+func TestConnectLoopback(t *testing.T) {
+	for _, nom := range []Nomination{Regular, Aggressive} {
+		name := map[Nomination]string{Regular: "regular", Aggressive: "aggressive"}[nom]
+		t.Run(name, func(t *testing.T) {
+			base := runtime.NumGoroutine()
+			ra, rb := connectPair(t, Config{Addrs: loopback, Nomination: nom}, Config{Addrs: loopback, Nomination: nom})
+			if ra.err != nil || rb.err != nil {
+				t.Fatalf("connect: %v / %v\n%v\n%v", ra.err, rb.err, ra.rep, rb.rep)
+			}
+			t.Logf("\n%s%s", ra.rep, rb.rep)
+			samePath(t, ra.conn, rb.conn)
+			exchange(t, ra.conn, rb.conn, 200_000)
+			sel := ra.rep.SelectedPair()
+			if sel == nil || sel.Local.Type != Host || sel.Remote.Type != Host || !sel.Nominated {
+				t.Fatalf("selected %+v", sel)
+			}
+			// host active -> passive has the highest pair priority on one address
+			if sel.Local.TCPType != Active || sel.Remote.TCPType != Passive {
+				t.Errorf("selected %s->%s, want active->passive", sel.Local.TCPType, sel.Remote.TCPType)
+			}
+			if ra.rep.ChecksSent > 6 {
+				t.Errorf("%d checks sent", ra.rep.ChecksSent)
+			}
+			ra.conn.Close()
+			rb.conn.Close()
+			waitGoroutines(t, base)
+		})
+	}
+}
+
+// waitGoroutines polls until the goroutine count is back to base.
+func waitGoroutines(t *testing.T, base int) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for runtime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines, want %d\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestConnectNoAnswer(t *testing.T) {
+	// The peer's description points at a listener that accepts and never
+	// answers, and at an S-O address nobody listens on.
+	a, err := NewAgent(Config{Addrs: loopback, Controlling: true, CheckTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Gather(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	silent := listenSilent(t)
+	remote := Description{Ufrag: "abcd", Pwd: strings.Repeat("p", 22), Candidates: []Candidate{
+		{Foundation: "1", Component: 1, Priority: 1000, Addr: silent, Type: Host, TCPType: Passive},
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	_, rep, err := a.Connect(ctx, remote)
+	el := time.Since(start)
+	if !errors.Is(err, ErrNoPath) {
+		t.Fatalf("err = %v, want ErrNoPath", err)
+	}
+	if el > 1500*time.Millisecond {
+		t.Errorf("took %v with a 1 s deadline", el)
+	}
+	if len(rep.Pairs) != 1 || rep.Pairs[0].State != Failed || !strings.Contains(rep.Pairs[0].Err, "no response") {
+		t.Errorf("report:\n%s", rep)
+	}
+	t.Logf("%v\n%s", err, rep)
+}
+
+// listenSilent accepts connections on loopback and never writes.
+func listenSilent(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var conns []net.Conn
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				for _, c := range conns {
+					c.Close()
+				}
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}

@@ -1,0 +1,135 @@
+package ice
+
+import (
+	"bufio"
+	"encoding/binary"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/pion/stun/v4"
+)
+
+// Conn is the selected pair's TCP connection, handed to the application.
+// Data is framed per RFC 4571 (RFC 6544 §3); Write splits into frames of
+// at most MaxFrame bytes and Read returns payload bytes only. Late STUN
+// checks from the peer are answered (Binding success) and never returned
+// as data.
+type Conn struct {
+	c    net.Conn
+	br   *bufio.Reader
+	pair Pair
+
+	ufrag, pwd string
+
+	rmu    sync.Mutex // guards remain (reads are serialized)
+	remain int        // payload bytes left in the current data frame
+
+	wmu *sync.Mutex // shared with the check phase's writers
+
+	closeOnce sync.Once
+	relay     RelayAllocation
+	relayWG   *sync.WaitGroup
+	closeErr  error
+}
+
+func newConn(pc *pconn, p Pair, ufrag, pwd string, relay RelayAllocation, relayWG *sync.WaitGroup) *Conn {
+	return &Conn{c: pc.c, br: pc.br, pair: p, ufrag: ufrag, pwd: pwd, wmu: &pc.wmu, relay: relay, relayWG: relayWG}
+}
+
+// Pair returns the selected candidate pair.
+func (c *Conn) Pair() Pair { return c.pair }
+
+// Read reads application payload.
+func (c *Conn) Read(b []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	for c.remain == 0 {
+		kind, m, err := nextFrame(c.br)
+		if err != nil {
+			return 0, err
+		}
+		if kind == frameSTUN {
+			if m != nil && m.Type == stun.BindingRequest {
+				c.answer(m)
+			}
+			continue
+		}
+		h, _ := c.br.Peek(2)
+		c.remain = int(binary.BigEndian.Uint16(h))
+		if _, err := c.br.Discard(2); err != nil {
+			return 0, err
+		}
+	}
+	if len(b) > c.remain {
+		b = b[:c.remain]
+	}
+	n, err := c.br.Read(b)
+	c.remain -= n
+	return n, err
+}
+
+// answer replies to a late check so the peer's pair stays valid.
+func (c *Conn) answer(m *stun.Message) {
+	if _, err := parseCheck(m, c.ufrag, c.pwd); err != nil {
+		return
+	}
+	ra, _ := c.c.RemoteAddr().(*net.TCPAddr)
+	if ra == nil {
+		return
+	}
+	raw, err := buildSuccess(m.TransactionID, ra.AddrPort(), c.pwd)
+	if err != nil {
+		return
+	}
+	_, _ = c.writeFrames(raw)
+}
+
+// Write writes b as one or more frames.
+func (c *Conn) Write(b []byte) (int, error) { return c.writeFrames(b) }
+
+func (c *Conn) writeFrames(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	total := 0
+	var hdr [2]byte
+	for len(b) > 0 {
+		chunk := b[:min(len(b), MaxFrame)]
+		binary.BigEndian.PutUint16(hdr[:], uint16(len(chunk)))
+		bufs := net.Buffers{hdr[:], chunk}
+		if _, err := bufs.WriteTo(c.c); err != nil {
+			return total, err
+		}
+		total += len(chunk)
+		b = b[len(chunk):]
+	}
+	return total, nil
+}
+
+// Close closes the connection (and the relay allocation under it).
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.closeErr = c.c.Close()
+		if c.relay != nil {
+			c.relay.Close()
+			c.relayWG.Wait()
+		}
+	})
+	return c.closeErr
+}
+
+// CloseWrite half-closes a direct TCP connection (the peer reads EOF).
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.c.(interface{ CloseWrite() error }); ok {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *Conn) LocalAddr() net.Addr                { return c.c.LocalAddr() }
+func (c *Conn) RemoteAddr() net.Addr               { return c.c.RemoteAddr() }
+func (c *Conn) SetDeadline(t time.Time) error      { return c.c.SetDeadline(t) }
+func (c *Conn) SetReadDeadline(t time.Time) error  { return c.c.SetReadDeadline(t) }
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
