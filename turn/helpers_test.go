@@ -85,7 +85,8 @@ func freePort(t testing.TB) int {
 
 // startCoturn runs coturn's turnserver on a free loopback port with a relay
 // port range of its own (command from facts.md) and returns HOST:PORT.
-func startCoturn(t testing.TB) string {
+// credArgs replace the default long-term user alice.
+func startCoturn(t testing.TB, credArgs ...string) string {
 	t.Helper()
 	bin := testenv.NeedBinary(t, "turnserver")
 	for try := 0; try < 3; try++ {
@@ -93,13 +94,16 @@ func startCoturn(t testing.TB) string {
 		n, _ := rand.Int(rand.Reader, big.NewInt(90))
 		minPort := 20000 + int(n.Int64())*100
 		ctx, cancel := context.WithCancel(context.Background())
-		cmd := exec.CommandContext(ctx, bin, "-n", "-v",
+		if len(credArgs) == 0 {
+			credArgs = []string{"--lt-cred-mech", "--user=" + testUser + ":" + testPass}
+		}
+		args := append([]string{"-n", "-v",
 			"--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
-			"--listening-port="+strconv.Itoa(port),
-			"--lt-cred-mech", "--user="+testUser+":"+testPass, "--realm="+testRealm,
+			"--listening-port=" + strconv.Itoa(port), "--realm=" + testRealm,
 			"--no-tls", "--no-dtls", "--allow-loopback-peers", "--no-cli",
-			"--min-port="+strconv.Itoa(minPort), "--max-port="+strconv.Itoa(minPort+99),
-			"--log-file=stdout", "--simple-log")
+			"--min-port=" + strconv.Itoa(minPort), "--max-port=" + strconv.Itoa(minPort+99),
+			"--log-file=stdout", "--simple-log"}, credArgs...)
+		cmd := exec.CommandContext(ctx, bin, args...)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {

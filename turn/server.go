@@ -91,6 +91,12 @@ type ServerConfig struct {
 	// (RFC 8656 §7.2); 0: 10 minutes.
 	AllocationLifetime time.Duration
 
+	// HandshakeTimeout closes a client connection that has not sent an
+	// authenticated request after that long of silence (half-sent frames
+	// included); 0: 30 seconds. Authenticated connections have no timeout:
+	// allocation lifetimes bound them.
+	HandshakeTimeout time.Duration
+
 	// Logger receives the server's logs; nil: slog.Default().
 	Logger *slog.Logger
 	// Now is the clock for REST credential expiry; nil: time.Now.
@@ -130,8 +136,9 @@ type Server struct {
 
 	tcpAddr, udpAddr, tlsAddr netip.AddrPort
 
-	mu    sync.Mutex // guards conns and closed
-	conns map[*clientConn]struct{}
+	mu     sync.Mutex // guards conns, byAddr and closed
+	conns  map[*clientConn]struct{}
+	byAddr map[string]*clientConn // by remote address
 	// closed is set once Close has started.
 	closed bool
 
@@ -144,12 +151,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, metrics: &Metrics{}, conns: map[*clientConn]struct{}{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: &Metrics{}, conns: map[*clientConn]struct{}{}, byAddr: map[string]*clientConn{}}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	if s.cfg.Now == nil {
 		s.cfg.Now = time.Now
+	}
+	if s.cfg.HandshakeTimeout <= 0 {
+		s.cfg.HandshakeTimeout = 30 * time.Second
 	}
 	if s.cfg.DeniedPeers == nil {
 		s.cfg.DeniedPeers = DefaultDeniedPeers
@@ -204,7 +214,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		AllocationLifetime: cfg.AllocationLifetime,
 		EventHandler: pionturn.EventHandler{
 			OnAuth: func(src, dst net.Addr, proto, user, realm, method string, ok bool) {
-				if !ok {
+				if ok {
+					s.authenticated(src)
+				} else {
 					s.metrics.authFailures.Add(1)
 					s.log.Info("turn: bad credentials", "client", src, "user", user, "method", method)
 				}
@@ -405,8 +417,21 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		return nil, net.ErrClosed
 	}
 	l.s.conns[cc] = struct{}{}
+	l.s.byAddr[cc.RemoteAddr().String()] = cc
 	l.s.mu.Unlock()
 	return cc, nil
+}
+
+// authenticated lifts the handshake timeout of the connection from src. pion
+// calls it (OnAuth) from that connection's read loop, between two Reads.
+func (s *Server) authenticated(src net.Addr) {
+	s.mu.Lock()
+	c := s.byAddr[src.String()]
+	s.mu.Unlock()
+	if c != nil && !c.authed {
+		c.authed = true
+		c.TCPConn.SetReadDeadline(time.Time{})
+	}
 }
 
 // clientConn is a connection from a client: a control connection, or a
@@ -416,8 +441,17 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 // bytes move with splice(2) (see peerConn).
 type clientConn struct {
 	*net.TCPConn
-	s    *Server
-	once sync.Once
+	s      *Server
+	once   sync.Once
+	authed bool // only touched by the connection's read loop
+}
+
+// Read bounds the wait for each read until the client has authenticated.
+func (c *clientConn) Read(p []byte) (int, error) {
+	if !c.authed {
+		c.TCPConn.SetReadDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
+	}
+	return c.TCPConn.Read(p)
 }
 
 func (c *clientConn) WriteTo(w io.Writer) (int64, error) {
@@ -438,6 +472,9 @@ func (c *clientConn) Close() error {
 	c.once.Do(func() {
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
+		if k := c.RemoteAddr().String(); c.s.byAddr[k] == c {
+			delete(c.s.byAddr, k)
+		}
 		c.s.mu.Unlock()
 	})
 	return c.TCPConn.Close()
