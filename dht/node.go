@@ -286,7 +286,13 @@ func (n *Node) maintainLocked(now time.Time) {
 		return
 	}
 	if now.After(n.selfLook) {
-		n.selfLook = now.Add(10 * time.Minute)
+		// Look up our own id every 10 minutes, more often while the
+		// table is small so a young network converges quickly.
+		if n.tab.len() < BucketSize {
+			n.selfLook = now.Add(5 * time.Second)
+		} else {
+			n.selfLook = now.Add(10 * time.Minute)
+		}
 		n.startSearchLocked(n.self, wire.Find, nil, nil, nil)
 	}
 	if now.Before(n.nextMaint) {
