@@ -1,6 +1,7 @@
 package dht
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -332,3 +333,26 @@ func (n *Node) pingLocked(addr netip.AddrPort, id wire.ID) {
 }
 
 func (n *Node) String() string { return fmt.Sprintf("dht node %s", n.self) }
+
+// WaitReady waits until the routing table holds at least one node, that is
+// until a bootstrap node answered.
+func (n *Node) WaitReady(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		n.mu.Lock()
+		ok, closed := n.tab.len() > 0, n.closed
+		n.mu.Unlock()
+		if closed {
+			return ErrClosed
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no DHT node answered: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
