@@ -57,13 +57,28 @@ func (n *Node) Get(ctx context.Context, key wire.ID, q *wire.Query) (*GetResult,
 		err error
 	}
 	done := make(chan result, 1)
-	seen := map[uint64]*wire.Value{}
-	var order []uint64
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
 		return nil, ErrClosed
 	}
+	s := n.getLocked(key, q, func(r *GetResult, err error) { done <- result{r, err} })
+	n.mu.Unlock()
+	select {
+	case r := <-done:
+		return r.res, r.err
+	case <-ctx.Done():
+		n.mu.Lock()
+		s.finishLocked(n, ctx.Err())
+		n.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+// getLocked starts a get; done is called under n.mu.
+func (n *Node) getLocked(key wire.ID, q *wire.Query, done func(*GetResult, error)) *search {
+	seen := map[uint64]*wire.Value{}
+	var order []uint64
 	var s *search
 	s = n.startSearchLocked(key, wire.Get, q,
 		func(_ *cand, vals []*wire.Value, _ *wire.Fields) {
@@ -86,18 +101,9 @@ func (n *Node) Get(ctx context.Context, key wire.ID, q *wire.Query) (*GetResult,
 			for _, id := range order {
 				r.Values = append(r.Values, seen[id])
 			}
-			done <- result{r, err}
+			done(r, err)
 		})
-	n.mu.Unlock()
-	select {
-	case r := <-done:
-		return r.res, r.err
-	case <-ctx.Done():
-		n.mu.Lock()
-		s.finishLocked(n, ctx.Err())
-		n.mu.Unlock()
-		return nil, ctx.Err()
-	}
+	return s
 }
 
 // PutResult says where a value went.
@@ -112,44 +118,79 @@ type PutResult struct {
 // answered. A value with id 0 gets a random id. The value lives for its
 // type's TTL; Announce keeps it alive.
 func (n *Node) Put(ctx context.Context, key wire.ID, v *wire.Value) (*PutResult, error) {
-	if v.ID == 0 {
-		v.ID = n.randUint64()
-		if v.ID == 0 {
-			v.ID = 1
-		}
-	}
 	if v.Size() > wire.MaxValueSize {
 		return nil, fmt.Errorf("value of %d bytes: %w", v.Size(), wire.ErrTooLarge)
 	}
-	done := make(chan error, 1)
-	res := &PutResult{}
+	type result struct {
+		res *PutResult
+		err error
+	}
+	done := make(chan result, 1)
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
 		return nil, ErrClosed
 	}
-	var s *search
-	var pending map[uint32]bool
-	s = n.startSearchLocked(key, wire.Find, nil, nil, func(closest []*cand, err error) {
-		res.Rounds, res.Messages = s.rounds, s.messages
+	op := n.putLocked(key, v, func(r *PutResult, err error) { done <- result{r, err} })
+	n.mu.Unlock()
+	select {
+	case r := <-done:
+		return r.res, r.err
+	case <-ctx.Done():
+		n.mu.Lock()
+		op.cancelLocked(n)
+		n.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+type putOp struct {
+	s       *search
+	pending map[uint32]bool
+}
+
+func (op *putOp) cancelLocked(n *Node) {
+	op.s.finishLocked(n, ErrClosed)
+	for tid := range op.pending {
+		n.cancelLocked(tid)
+	}
+}
+
+// putLocked starts a put: a lookup of key, then a put request with each
+// node's token to the k closest; done is called under n.mu, once.
+func (n *Node) putLocked(key wire.ID, v *wire.Value, done func(*PutResult, error)) *putOp {
+	if v.ID == 0 {
+		v.ID = n.randUint64() | 1
+	}
+	res := &PutResult{}
+	op := &putOp{}
+	fired := false
+	fire := func(err error) {
+		if !fired {
+			fired = true
+			done(res, err)
+		}
+	}
+	op.s = n.startSearchLocked(key, wire.Find, nil, nil, func(closest []*cand, err error) {
+		res.Rounds, res.Messages = op.s.rounds, op.s.messages
 		if err != nil {
-			done <- err
+			fire(err)
 			return
 		}
-		pending = map[uint32]bool{}
+		op.pending = map[uint32]bool{}
 		finish := func(tid uint32, ok bool) {
-			if !pending[tid] {
+			if !op.pending[tid] {
 				return
 			}
-			delete(pending, tid)
+			delete(op.pending, tid)
 			if ok {
 				res.Stored++
 			}
-			if len(pending) == 0 {
+			if len(op.pending) == 0 {
 				if res.Stored == 0 {
-					done <- fmt.Errorf("put: no node stored the value: %w", ErrNoNodes)
+					fire(fmt.Errorf("put: no node stored the value: %w", ErrNoNodes))
 				} else {
-					done <- nil
+					fire(nil)
 				}
 			}
 		}
@@ -166,7 +207,7 @@ func (n *Node) Put(ctx context.Context, key wire.ID, v *wire.Value) (*PutResult,
 			m.Token = c.token
 			parts := wire.AppendParts(m.TID, n.cfg.Network, m.SetValues([]*wire.Value{v}))
 			tid := m.TID
-			pending[tid] = true
+			op.pending[tid] = true
 			res.Tried++
 			res.Messages++
 			n.requestLocked(&request{to: c.addr, node: c.id, method: wire.Put,
@@ -179,26 +220,11 @@ func (n *Node) Put(ctx context.Context, key wire.ID, v *wire.Value) (*PutResult,
 				},
 			}, &m, parts)
 		}
-		if len(pending) == 0 {
-			done <- ErrNoNodes
+		if len(op.pending) == 0 {
+			fire(ErrNoNodes)
 		}
 	})
-	n.mu.Unlock()
-	select {
-	case err := <-done:
-		if err != nil {
-			return res, err
-		}
-		return res, nil
-	case <-ctx.Done():
-		n.mu.Lock()
-		s.finishLocked(n, ctx.Err())
-		for tid := range pending {
-			n.cancelLocked(tid)
-		}
-		n.mu.Unlock()
-		return res, ctx.Err()
-	}
+	return op
 }
 
 // Announce puts v and puts it again before it expires, until ctx ends.
