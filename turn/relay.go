@@ -421,7 +421,7 @@ func (c *peerConn) chunk() int64 {
 	if c.a.limit != nil {
 		return c.a.limit.chunk()
 	}
-	return 4 << 20
+	return 1 << 20
 }
 
 func (c *peerConn) Read(p []byte) (int, error) {
