@@ -14,7 +14,8 @@
 //     client's certificate: in TLS 1.3 the client's handshake completes
 //     before the server has judged it, and this keeps a refused client from
 //     believing it is connected.
-//  2. A yamux session (github.com/hashicorp/yamux) over the TLS stream; the
+//  2. A yamux session (github.com/libp2p/go-yamux, the maintained yamux with
+//     pooled buffers and receive-window auto-tuning) over the TLS stream; the
 //     side that dialed the TCP connection is the yamux client.
 //  3. Channels: each yamux stream starts with one header written by the
 //     opener, a byte n (1..255) followed by n bytes of channel name ("file",
@@ -33,7 +34,7 @@ import (
 	"time"
 
 	"github.com/del-share/del/identity"
-	"github.com/hashicorp/yamux"
+	"github.com/libp2p/go-yamux/v5"
 )
 
 // ALPN is the TLS application protocol DEL links negotiate.
@@ -193,14 +194,18 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, client bool) (*Li
 	tconn.SetDeadline(time.Time{})
 	ycfg := yamux.DefaultConfig()
 	ycfg.LogOutput = io.Discard
-	ycfg.MaxStreamWindowSize = 16 << 20
-	ycfg.StreamCloseTimeout = time.Minute
 	ycfg.ConnectionWriteTimeout = 30 * time.Second
+	// Full-size TLS records: a message fills one 16 KiB record or more.
+	ycfg.MaxMessageSize = 256 << 10
+	ycfg.ReadBufSize = 64 << 10
+	// Start with a window that keeps a fast link busy; yamux grows it (up
+	// to MaxStreamWindowSize) once it has measured the round-trip time.
+	ycfg.InitialStreamWindowSize = 4 << 20
 	var sess *yamux.Session
 	if client {
-		sess, err = yamux.Client(tconn, ycfg)
+		sess, err = yamux.Client(tconn, ycfg, nil)
 	} else {
-		sess, err = yamux.Server(tconn, ycfg)
+		sess, err = yamux.Server(tconn, ycfg, nil)
 	}
 	if err != nil {
 		conn.Close()
@@ -220,7 +225,7 @@ func (l *Link) Open(ctx context.Context, name string) (net.Conn, error) {
 	if len(name) == 0 || len(name) > 255 {
 		return nil, fmt.Errorf("peer: channel name %q must be 1-255 bytes", name)
 	}
-	st, err := l.sess.OpenStream()
+	st, err := l.sess.OpenStream(ctx)
 	if err != nil {
 		return nil, l.wrap(err)
 	}
@@ -304,14 +309,28 @@ func (l *Link) wrap(err error) error {
 }
 
 // channel is one named stream. CloseWrite half-closes it (the peer reads EOF)
-// while reads go on, which request/response protocols rely on.
+// while reads go on, which request/response protocols rely on; Close closes
+// both directions.
 type channel struct {
 	*yamux.Stream
 	name string
 }
 
-// CloseWrite sends end-of-stream to the peer; reading remains possible.
-func (c *channel) CloseWrite() error { return c.Stream.Close() }
-
 // Name returns the channel's name.
 func (c *channel) Name() string { return c.name }
+
+// Finish ends a channel politely: it half-closes it, waits (at most timeout)
+// for the peer to close its side, then closes it. Whoever speaks last in a
+// request/response protocol uses it so that its last bytes are delivered
+// before the link goes away.
+func Finish(ch net.Conn, timeout time.Duration) error {
+	defer ch.Close()
+	if cw, ok := ch.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil {
+			return err
+		}
+	}
+	ch.SetReadDeadline(time.Now().Add(timeout))
+	_, err := io.Copy(io.Discard, ch)
+	return err
+}

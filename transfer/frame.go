@@ -71,7 +71,7 @@ const (
 	// before anything is allocated.
 	MaxPayload = 1 << 20
 	// DataChunk is the payload size the sender uses for DATA frames.
-	DataChunk = 256 << 10
+	DataChunk = 128 << 10
 )
 
 // ErrFrameTooLarge is returned for a frame whose length exceeds MaxPayload.

@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 )
 
 // ErrRefused is returned (wrapped) by Receive when it declined the offer,
@@ -290,7 +290,7 @@ func (r *receiver) plan(info *OfferInfo) string {
 				continue
 			}
 			st.partial = partialName(e.Path, e.Hash[:16])
-			st.h = blake3.New(32, nil)
+			st.h = blake3.New()
 			if pf, err := root.Open(filepath.FromSlash(st.partial)); err == nil {
 				n, herr := hashReader(context.Background(), st.h, pf, e.Size)
 				pf.Close()
@@ -324,7 +324,7 @@ func (r *receiver) sameContent(name, hash string) bool {
 		return false
 	}
 	defer f.Close()
-	h := blake3.New(32, nil)
+	h := blake3.New()
 	if _, err := hashReader(context.Background(), h, f, -1); err != nil {
 		return false
 	}
@@ -471,7 +471,7 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			e := &r.entries[cur]
 			streamHash = nil
 			if e.IsStream() || r.opts.Stdout != nil {
-				streamHash = blake3.New(32, nil)
+				streamHash = blake3.New()
 			}
 			if r.opts.Stdout == nil {
 				if f, err = r.openPartial(st, fs.Offset); err != nil {

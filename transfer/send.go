@@ -9,7 +9,7 @@ import (
 	"os"
 	"time"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 )
 
 // ErrDeclined is returned (wrapped) when the receiver refuses the offer.
@@ -267,7 +267,7 @@ func (s *sender) sendFile(ctx context.Context, w Want, buf []byte, rep *Report) 
 		defer f.Close()
 		if w.Offset > 0 && w.Offset <= e.Size {
 			// Resume only if the receiver's prefix is ours.
-			h := blake3.New(32, nil)
+			h := blake3.New()
 			n, err := hashReader(ctx, h, f, w.Offset)
 			if err != nil {
 				return fmt.Errorf("hash %s: %w", s.src.local[w.I], err)
@@ -288,7 +288,7 @@ func (s *sender) sendFile(ctx context.Context, w Want, buf []byte, rep *Report) 
 	s.pr.FileBegin(e.Path, e.Size, offset)
 	var h *blake3.Hasher
 	if e.IsStream() {
-		h = blake3.New(32, nil)
+		h = blake3.New()
 	}
 	sent := offset
 	for {

@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 )
 
 // Source is what a sender offers: the entries, and where each one's content
@@ -170,7 +170,7 @@ func hashFile(ctx context.Context, name string, limit int64) (string, int64, err
 		return "", 0, err
 	}
 	defer f.Close()
-	h := blake3.New(32, nil)
+	h := blake3.New()
 	n, err := hashReader(ctx, h, f, limit)
 	if err != nil {
 		return "", n, fmt.Errorf("hash %s: %w", name, err)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -51,11 +52,19 @@ func newRootCmd() *cobra.Command {
 }
 
 func main() {
+	// DEL_CPUPROFILE=FILE writes a CPU profile of this run, for performance work.
+	if p := os.Getenv("DEL_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "del:", err)
+		pprof.StopCPUProfile()
 		var ee *exitError
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)

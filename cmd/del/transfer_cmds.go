@@ -238,6 +238,8 @@ func serveOne(ctx context.Context, conn net.Conn, ident *identity.Identity, only
 	if rep != nil {
 		rep.Remote = link.Remote.String()
 	}
+	// We spoke last (the summary): let it reach the sender before hanging up.
+	peer.Finish(ch, 10*time.Second)
 	return rep, err
 }
 

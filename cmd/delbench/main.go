@@ -1,0 +1,388 @@
+// Command delbench measures DEL against reference copies in one run, side by
+// side: a plain TCP copy, a bare TLS 1.3 copy (both written for the
+// benchmark, as two processes like del), del itself, and croc when present.
+// Everything stays on loopback; croc runs inside its own network namespace.
+//
+//	delbench transfer [--size 1GiB] [--runs 3]
+package main
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: delbench transfer [--size N] [--runs N] | copy-recv | copy-send")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "transfer":
+		err = benchTransfer(os.Args[2:])
+	case "copy-recv":
+		err = copyRecv(os.Args[2:])
+	case "copy-send":
+		err = copySend(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown benchmark %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "delbench:", err)
+		os.Exit(1)
+	}
+}
+
+// ---- reference copies: two processes, like del ----
+
+func selfSigned() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+func tlsConfig() (*tls.Config, error) {
+	cert, err := selfSigned()
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
+		InsecureSkipVerify: true, ClientAuth: tls.RequireAnyClientCert}, nil
+}
+
+// copyRecv listens, prints "listening ADDR", receives one stream into a file.
+func copyRecv(args []string) error {
+	fs := flag.NewFlagSet("copy-recv", flag.ExitOnError)
+	useTLS := fs.Bool("tls", false, "TLS 1.3")
+	out := fs.String("out", "", "output file")
+	fs.Parse(args)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("listening %s\n", ln.Addr())
+	c, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	var r io.ReadWriter = c
+	if *useTLS {
+		cfg, err := tlsConfig()
+		if err != nil {
+			return err
+		}
+		r = tls.Server(c, cfg)
+	}
+	f, err := os.Create(*out)
+	if err != nil {
+		return err
+	}
+	if _, err := io.CopyBuffer(f, r, make([]byte, 256<<10)); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	_, err = r.Write([]byte("ok"))
+	return err
+}
+
+func copySend(args []string) error {
+	fs := flag.NewFlagSet("copy-send", flag.ExitOnError)
+	useTLS := fs.Bool("tls", false, "TLS 1.3")
+	addr := fs.String("addr", "", "receiver")
+	fs.Parse(args)
+	in, err := os.Open(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	c, err := net.Dial("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	var conn io.ReadWriter = c
+	closeWrite := c.(*net.TCPConn).CloseWrite
+	if *useTLS {
+		cfg, err := tlsConfig()
+		if err != nil {
+			return err
+		}
+		tc := tls.Client(c, cfg)
+		conn, closeWrite = tc, tc.CloseWrite
+	}
+	if _, err := io.CopyBuffer(conn, in, make([]byte, 256<<10)); err != nil {
+		return err
+	}
+	closeWrite()
+	ack := make([]byte, 2)
+	_, err = io.ReadFull(conn, ack)
+	return err
+}
+
+// ---- the orchestrator ----
+
+type sample struct {
+	secs          float64
+	sendRSS, recv int64 // peak RSS in KiB
+	cpu           float64
+}
+
+func benchTransfer(args []string) error {
+	fs := flag.NewFlagSet("transfer", flag.ExitOnError)
+	size := fs.Int64("size", 1<<30, "file size in bytes")
+	runs := fs.Int("runs", 3, "runs per contender (median reported)")
+	del := fs.String("del", "bin/del", "del binary")
+	croc := fs.String("croc", "", "croc binary (skipped if empty or missing)")
+	fs.Parse(args)
+	self, _ := os.Executable()
+	work, err := os.MkdirTemp("", "delbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	src := filepath.Join(work, "payload.bin")
+	if err := writeRandom(src, *size); err != nil {
+		return err
+	}
+	homes, err := benchHomes(*del, work)
+	if err != nil {
+		return err
+	}
+	type contender struct {
+		name string
+		run  func(out string) (sample, error)
+	}
+	cs := []contender{
+		{"plain TCP copy", func(out string) (sample, error) { return runPair(self, []string{"copy-recv", "--out", out}, self, []string{"copy-send", "--addr", "%s", src}, nil, nil) }},
+		{"bare TLS 1.3 copy", func(out string) (sample, error) {
+			return runPair(self, []string{"copy-recv", "--tls", "--out", out}, self, []string{"copy-send", "--tls", "--addr", "%s", src}, nil, nil)
+		}},
+		{"del send/receive", func(out string) (sample, error) {
+			return runPair(*del, []string{"receive", "--listen", "127.0.0.1:0", "--yes", "--quiet", "--dir", out}, *del, []string{"send", "--quiet", "%s", src},
+				[]string{"DEL_HOME=" + homes[0]}, []string{"DEL_HOME=" + homes[1]})
+		}},
+	}
+	if *croc != "" {
+		if _, err := exec.LookPath(*croc); err == nil {
+			cs = append(cs, contender{"croc --no-compress", func(out string) (sample, error) { return runCroc(*croc, src, out) }})
+		} else {
+			fmt.Printf("croc: %s not found, skipped\n", *croc)
+		}
+	}
+	results := map[string]sample{}
+	fmt.Printf("transfer of %s on loopback, %d runs each, medians (host: %s)\n", human(*size), *runs, hostInfo())
+	for _, c := range cs {
+		var ss []sample
+		for i := 0; i < *runs; i++ {
+			out := filepath.Join(work, fmt.Sprintf("out-%d", i))
+			os.RemoveAll(out)
+			s, err := c.run(out)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			if err := sameSize(src, out); err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			ss = append(ss, s)
+			os.RemoveAll(out)
+		}
+		sort.Slice(ss, func(a, b int) bool { return ss[a].secs < ss[b].secs })
+		m := ss[len(ss)/2]
+		results[c.name] = m
+		fmt.Printf("%-20s %8.1f MB/s  %6.2f s  cpu %5.2f s  peak RSS sender %4d MiB receiver %4d MiB\n",
+			c.name, float64(*size)/m.secs/1e6, m.secs, m.cpu, m.sendRSS/1024, m.recv/1024)
+	}
+	d := results["del send/receive"]
+	for _, ref := range []string{"plain TCP copy", "bare TLS 1.3 copy", "croc --no-compress"} {
+		if r, ok := results[ref]; ok {
+			fmt.Printf("ratio del / %-20s %5.2fx (throughput)\n", ref, r.secs/d.secs)
+		}
+	}
+	return nil
+}
+
+// runPair starts the receiver, waits for its "listening X" line, runs the
+// sender with %s replaced by X, and waits for both.
+func runPair(rbin string, rargs []string, sbin string, sargs []string, renv, senv []string) (sample, error) {
+	r := exec.Command(rbin, rargs...)
+	r.Env = append(os.Environ(), renv...)
+	stdout, _ := r.StdoutPipe()
+	var rerr strings.Builder
+	r.Stderr = &rerr
+	if err := r.Start(); err != nil {
+		return sample{}, err
+	}
+	defer r.Process.Kill()
+	sc := bufio.NewScanner(stdout)
+	addr := ""
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "listening" {
+			addr = f[1]
+			break
+		}
+	}
+	if addr == "" {
+		r.Wait()
+		return sample{}, fmt.Errorf("receiver did not start: %s", rerr.String())
+	}
+	go io.Copy(io.Discard, stdout)
+	args := make([]string, len(sargs))
+	for i, a := range sargs {
+		args[i] = strings.ReplaceAll(a, "%s", addr)
+	}
+	s := exec.Command(sbin, args...)
+	s.Env = append(os.Environ(), senv...)
+	t0 := time.Now()
+	sout, err := s.CombinedOutput()
+	if err != nil {
+		return sample{}, fmt.Errorf("sender: %v: %s", err, sout)
+	}
+	if err := r.Wait(); err != nil {
+		return sample{}, fmt.Errorf("receiver: %v: %s", err, rerr.String())
+	}
+	secs := time.Since(t0).Seconds()
+	return sample{secs: secs, sendRSS: maxRSS(s.ProcessState), recv: maxRSS(r.ProcessState),
+		cpu: cpuSecs(s.ProcessState) + cpuSecs(r.ProcessState)}, nil
+}
+
+func maxRSS(ps *os.ProcessState) int64 {
+	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+		return ru.Maxrss
+	}
+	return 0
+}
+
+func cpuSecs(ps *os.ProcessState) float64 { return (ps.UserTime() + ps.SystemTime()).Seconds() }
+
+// runCroc runs croc's relay, sender and receiver inside a new network
+// namespace that has only loopback, so croc cannot reach anything else.
+func runCroc(croc, src, out string) (sample, error) {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return sample{}, err
+	}
+	script := fmt.Sprintf(`set -e
+ip link set lo up
+cd %[3]q
+%[1]s relay --host 127.0.0.1 --ports 9009,9010,9011,9012,9013 >/dev/null 2>&1 &
+relay=$!
+sleep 0.5
+export CROC_SECRET=del-bench-code-4821
+start=$(date +%%s.%%N)
+%[1]s --relay 127.0.0.1:9009 --no-local --yes send --no-compress %[2]q >/dev/null 2>&1 &
+snd=$!
+%[1]s --relay 127.0.0.1:9009 --yes --overwrite >/dev/null 2>&1
+wait $snd
+end=$(date +%%s.%%N)
+kill $relay
+echo "secs $(echo "$end - $start" | bc -l)"
+`, croc, src, out)
+	cmd := exec.Command("unshare", "-n", "bash", "-c", script)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		return sample{}, fmt.Errorf("croc: %v: %s", err, b)
+	}
+	var secs float64
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "secs ") {
+			fmt.Sscan(strings.TrimPrefix(l, "secs "), &secs)
+		}
+	}
+	if secs == 0 {
+		return sample{}, fmt.Errorf("croc: no timing in %q", b)
+	}
+	return sample{secs: secs, cpu: cpuSecs(cmd.ProcessState)}, nil
+}
+
+func benchHomes(del, work string) ([]string, error) {
+	var homes []string
+	for _, dev := range []string{"recv", "send"} {
+		home := filepath.Join(work, dev)
+		cmd := exec.Command(del, "id")
+		cmd.Env = append(os.Environ(), "DEL_HOME="+home)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("del id: %v: %s", err, out)
+		}
+		homes = append(homes, home)
+	}
+	return homes, nil
+}
+
+func writeRandom(path string, n int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.CopyN(f, rand.Reader, n); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// sameSize checks that out (a file, or a folder holding one file) has src's size.
+func sameSize(src, out string) error {
+	a, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		return err
+	}
+	if st.IsDir() {
+		st, err = os.Stat(filepath.Join(out, filepath.Base(src)))
+		if err != nil {
+			return err
+		}
+	}
+	if st.Size() != a.Size() {
+		return fmt.Errorf("received %d bytes, want %d", st.Size(), a.Size())
+	}
+	return nil
+}
+
+func human(n int64) string {
+	if n >= 1<<30 && n%(1<<30) == 0 {
+		return fmt.Sprintf("%d GiB", n>>30)
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
+}
+
+func hostInfo() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	model := ""
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "model name") {
+			model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+			break
+		}
+	}
+	cores := strings.Count(string(b), "processor\t:")
+	return fmt.Sprintf("%d cores, %s", cores, model)
+}
+
