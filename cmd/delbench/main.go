@@ -178,7 +178,9 @@ func benchTransfer(args []string) error {
 		run  func(out string) (sample, error)
 	}
 	cs := []contender{
-		{"plain TCP copy", func(out string) (sample, error) { return runPair(self, []string{"copy-recv", "--out", out}, self, []string{"copy-send", "--addr", "%s", src}, nil, nil) }},
+		{"plain TCP copy", func(out string) (sample, error) {
+			return runPair(self, []string{"copy-recv", "--out", out}, self, []string{"copy-send", "--addr", "%s", src}, nil, nil)
+		}},
 		{"bare TLS 1.3 copy", func(out string) (sample, error) {
 			return runPair(self, []string{"copy-recv", "--tls", "--out", out}, self, []string{"copy-send", "--tls", "--addr", "%s", src}, nil, nil)
 		}},
@@ -385,4 +387,3 @@ func hostInfo() string {
 	cores := strings.Count(string(b), "processor\t:")
 	return fmt.Sprintf("%d cores, %s", cores, model)
 }
-
