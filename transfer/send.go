@@ -66,6 +66,8 @@ type Report struct {
 // SendOptions tunes Send. The zero value is valid.
 type SendOptions struct {
 	Progress Progress
+	// RateLimit caps the data rate in bytes per second; 0 means no cap.
+	RateLimit int64
 }
 
 // Send offers src over conn and moves what the receiver asks for. It returns
@@ -77,7 +79,7 @@ func Send(ctx context.Context, conn io.ReadWriter, src *Source, opts SendOptions
 	if pr == nil {
 		pr = noProgress{}
 	}
-	s := &sender{conn: conn, src: src, fr: NewFrameReader(conn), pr: pr, start: time.Now()}
+	s := &sender{conn: conn, src: src, fr: NewFrameReader(conn), pr: pr, start: time.Now(), rate: opts.RateLimit}
 	rep, err := s.run(ctx)
 	if ctx.Err() != nil && err != nil {
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
@@ -92,6 +94,32 @@ type sender struct {
 	pr    Progress
 	start time.Time
 	wbuf  []byte
+
+	rate      int64 // bytes per second, 0 for no limit
+	paced     int64 // bytes sent since pacing began
+	paceStart time.Time
+}
+
+// pace sleeps as long as the data sent so far is ahead of the rate limit.
+func (s *sender) pace(ctx context.Context, n int) error {
+	if s.rate <= 0 {
+		return nil
+	}
+	if s.paceStart.IsZero() {
+		s.paceStart = time.Now()
+	}
+	s.paced += int64(n)
+	due := s.paceStart.Add(time.Duration(float64(s.paced) / float64(s.rate) * float64(time.Second)))
+	if d := time.Until(due); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 func (s *sender) writeMsg(typ byte, v any) error {
@@ -310,6 +338,9 @@ func (s *sender) sendFile(ctx context.Context, w Want, buf []byte, rep *Report) 
 			sent += int64(n)
 			rep.Bytes += int64(n)
 			s.pr.Advance(int64(n))
+			if err := s.pace(ctx, n); err != nil {
+				return err
+			}
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break

@@ -43,6 +43,7 @@ func newSendCmd() *cobra.Command {
 		name    string
 		quiet   bool
 		timeout time.Duration
+		limit   string
 	)
 	cmd := &cobra.Command{
 		Use:   "send <peer-id>@<host>:<port> PATH... | -",
@@ -55,6 +56,12 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 			want, addr, err := parseTarget(args[0])
 			if err != nil {
 				return err
+			}
+			var rate int64
+			if limit != "" {
+				if rate, err = parseRate(limit); err != nil {
+					return fmt.Errorf("--limit-rate: %w", err)
+				}
 			}
 			ident, err := loadIdentity(cmd)
 			if err != nil {
@@ -92,7 +99,7 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 				return err
 			}
 			defer ch.Close()
-			rep, err := transfer.Send(ctx, ch, src, transfer.SendOptions{Progress: newProgress(cmd.ErrOrStderr(), "sending", quiet)})
+			rep, err := transfer.Send(ctx, ch, src, transfer.SendOptions{Progress: newProgress(cmd.ErrOrStderr(), "sending", quiet), RateLimit: rate})
 			if err != nil {
 				return err
 			}
@@ -103,6 +110,7 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 	cmd.Flags().StringVar(&name, "name", "stdin", `name the receiver gives to data read from "-"`)
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	cmd.Flags().DurationVar(&timeout, "connect-timeout", 30*time.Second, "how long to try to reach the peer")
+	cmd.Flags().StringVar(&limit, "limit-rate", "", "cap the data rate in bytes per second (suffixes k, M, G: powers of 1000)")
 	return cmd
 }
 
