@@ -111,6 +111,7 @@ func (c *Client) Allocate(ctx context.Context) (*Allocation, error) {
 	resp, err := a.do(ctx, stun.MethodAllocate, attrs...)
 	if err != nil {
 		a.shutdown(err)
+		a.wg.Wait()
 		return nil, err
 	}
 	relayed, err1 := getXORAddr(resp, stun.AttrXORRelayedAddress)
@@ -118,6 +119,7 @@ func (c *Client) Allocate(ctx context.Context) (*Allocation, error) {
 	life, err2 := getLifetime(resp)
 	if err := errors.Join(err1, err2); err != nil {
 		a.shutdown(err)
+		a.wg.Wait()
 		return nil, fmt.Errorf("turn: Allocate response: %w", err)
 	}
 	a.relayed, a.mapped = relayed, mapped
@@ -391,7 +393,7 @@ func (a *Allocation) refreshLoop() {
 	}
 	perms := time.NewTicker(every)
 	defer perms.Stop()
-	alloc := time.NewTimer(a.Lifetime() / 2)
+	alloc := time.NewTimer(max(a.Lifetime()/2, time.Second))
 	defer alloc.Stop()
 	for {
 		select {
@@ -413,7 +415,7 @@ func (a *Allocation) refreshLoop() {
 					a.mu.Lock()
 					a.lifetime = life
 					a.mu.Unlock()
-					next = life / 2
+					next = max(life/2, time.Second)
 				}
 			} else {
 				a.log.Warn("turn: refresh failed", "err", err)
