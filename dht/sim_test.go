@@ -46,6 +46,7 @@ type simNet struct {
 	lost      int
 	nextIP    uint32
 	steps     int
+	onLost    func(simPkt)
 }
 
 type simPkt struct {
@@ -111,6 +112,9 @@ func (s *simNet) run() {
 		n := s.nodes[p.to]
 		if n == nil {
 			s.lost++
+			if s.onLost != nil {
+				s.onLost(p)
+			}
 			continue
 		}
 		s.delivered++
@@ -120,15 +124,15 @@ func (s *simNet) run() {
 }
 
 // advance moves time and runs the timers of the nodes that have requests
-// or lookups in progress; every 40th call (10 s of 250 ms steps) runs
-// every node's maintenance too.
+// or lookups in progress; every 40th call (10 s of 250 ms steps), and any
+// step of a second or more, runs every node's timers.
 func (s *simNet) advance(d time.Duration) {
 	s.clock.Add(d)
 	s.steps++
-	all := s.steps%40 == 0 || d >= 10*time.Second
+	all := s.steps%40 == 0 || d >= time.Second
 	for _, n := range s.nodes {
 		n.mu.Lock()
-		busy := len(n.reqs) > 0 || len(n.searches) > 0 || len(n.partials) > 0
+		busy := len(n.reqs) > 0 || len(n.searches) > 0 || len(n.partials) > 0 || len(n.listens) > 0
 		n.mu.Unlock()
 		if all || busy {
 			n.Tick()

@@ -15,7 +15,7 @@ const (
 	BucketSize      = 8                 // k, TARGET_NODES
 	nodeGoodReply   = 120 * time.Minute // a good node replied this recently…
 	nodeGoodHeard   = 10 * time.Minute  // …and was heard this recently
-	maxFailures     = 3                 // expired requests in a row make a node expired
+	maxFailures     = 1                 // one expired request (3 sends unanswered) expires a node, as in OpenDHT
 	bucketStaleTime = 10 * time.Minute  // a bucket not touched this long is refreshed
 )
 
