@@ -302,6 +302,59 @@ func TestRefreshKeepsAllocationAlive(t *testing.T) {
 	}
 }
 
+// Permissions expire (here after 1 s) unless the client refreshes them; a
+// refreshed one still lets the peer in after several lifetimes, an expired
+// one does not.
+func TestPermissionRefresh(t *testing.T) {
+	s := startServer(t, func(c *ServerConfig) { c.PermissionLifetime = time.Second })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fresh := clientFor(s.Addr().String())
+	fresh.PermissionRefresh = 300 * time.Millisecond
+	kept := allocate(t, fresh)
+	stale := clientFor(s.Addr().String())
+	stale.PermissionRefresh = time.Hour
+	lapsed := allocate(t, stale)
+	for _, a := range []*Allocation{kept, lapsed} {
+		if err := a.Permit(ctx, loopback); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-time.After(3 * time.Second): // three permission lifetimes
+	case <-kept.Done():
+		t.Fatal(kept.Err())
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := kept.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	peer, err := net.Dial("tcp", kept.RelayedAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	select {
+	case c := <-accepted:
+		c.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("refreshed permission: peer not accepted")
+	}
+	intruder, err := net.Dial("tcp", lapsed.RelayedAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer intruder.Close()
+	intruder.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = intruder.Read(make([]byte, 1))
+	var ne net.Error
+	if err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+		t.Fatalf("expired permission still lets the peer in: %v", err)
+	}
+}
+
 func TestConnectionBindUnknownIDGets400(t *testing.T) {
 	s := startServer(t, nil)
 	a := allocate(t, clientFor(s.Addr().String()))

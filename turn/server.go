@@ -97,6 +97,10 @@ type ServerConfig struct {
 	// allocation lifetimes bound them.
 	HandshakeTimeout time.Duration
 
+	// PermissionLifetime is how long a permission lasts without refresh
+	// (RFC 8656 §9: 300 s); 0: 5 minutes. Tests shorten it.
+	PermissionLifetime time.Duration
+
 	// Logger receives the server's logs; nil: slog.Default().
 	Logger *slog.Logger
 	// Now is the clock for REST credential expiry; nil: time.Now.
@@ -119,7 +123,7 @@ func (c *ServerConfig) validate() error {
 	if c.MinPort < 0 || c.MaxPort > 65535 || c.MinPort > c.MaxPort || (c.MinPort == 0) != (c.MaxPort == 0) {
 		return fmt.Errorf("turn: bad relay port range %d-%d", c.MinPort, c.MaxPort)
 	}
-	if c.UserQuota < 0 || c.BandwidthLimit < 0 || c.AllocationLifetime < 0 {
+	if c.UserQuota < 0 || c.BandwidthLimit < 0 || c.AllocationLifetime < 0 || c.PermissionLifetime < 0 {
 		return errors.New("turn: negative quota, bandwidth or lifetime")
 	}
 	return nil
@@ -212,6 +216,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		AuthHandler:        s.auth,
 		QuotaHandler:       s.quota,
 		AllocationLifetime: cfg.AllocationLifetime,
+		PermissionTimeout:  cfg.PermissionLifetime,
 		EventHandler: pionturn.EventHandler{
 			OnAuth: func(src, dst net.Addr, proto, user, realm, method string, ok bool) {
 				if ok {
