@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/del-share/del/dht/wire"
+	"github.com/del-share/del/internal/testenv"
 )
 
 // goNetwork starts n Go nodes on loopback, each bootstrapped from the first.
@@ -141,3 +142,37 @@ func TestIgnoresOwnIDAndOtherNetwork(t *testing.T) {
 type transportFunc func([]byte, netip.AddrPort) error
 
 func (f transportFunc) Send(b []byte, to netip.AddrPort) error { return f(b, to) }
+
+// Nodes on IPv6 loopback exchange n6 node lists and values.
+func TestIPv6(t *testing.T) {
+	var nodes []*UDPNode
+	for i := 0; i < 3; i++ {
+		u, err := ListenUDP(Config{}, "[::1]:0")
+		if err != nil {
+			testenvSkipNoV6(t, err)
+		}
+		t.Cleanup(func() { u.Close() })
+		if i > 0 {
+			u.Bootstrap(nodes[0].Addr())
+		}
+		nodes = append(nodes, u)
+	}
+	waitFor(t, 10*time.Second, "IPv6 tables filled", func() bool {
+		return nodes[1].Stats().Nodes >= 2 && nodes[2].Stats().Nodes >= 2
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	key := wire.HashKey("v6")
+	if _, err := nodes[1].Put(ctx, key, &wire.Value{Data: []byte("over ::1")}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := nodes[2].Get(ctx, key, nil)
+	if err != nil || len(r.Values) != 1 || string(r.Values[0].Data) != "over ::1" {
+		t.Fatalf("get over IPv6: %v %+v", err, r)
+	}
+}
+
+func testenvSkipNoV6(t *testing.T, err error) {
+	t.Helper()
+	testenv.Missing(t, "IPv6 loopback is not available: %v", err)
+}
