@@ -22,6 +22,9 @@ type Config struct {
 	// Interfaces limits gathering to these interface names (DEL_INTERFACES,
 	// see InterfacesFromEnv). Empty: every up interface except loopback.
 	Interfaces []string
+	// TCPTypes lists the host candidate types to gather (default: active,
+	// passive and S-O).
+	TCPTypes []TCPType
 	// STUN servers for server-reflexive candidates (Binding over TCP).
 	STUN []netip.AddrPort
 	// Relay, if set, makes the TURN-TCP allocation of the relayed candidate.
@@ -66,6 +69,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Second
+	}
+	if len(c.TCPTypes) == 0 {
+		c.TCPTypes = []TCPType{Active, Passive, SO}
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -151,8 +157,11 @@ func (a *Agent) Gather(ctx context.Context) (Description, error) {
 	lc := net.ListenConfig{Control: reuseControl}
 	for i, ip := range addrs {
 		pref := otherPref(ip, i)
-		cands = append(cands, newLocal(Host, Active, netip.AddrPortFrom(ip, DiscardPort), netip.AddrPortFrom(ip, 0), netip.Addr{}, pref))
-		for _, tcp := range []TCPType{Passive, SO} {
+		for _, tcp := range a.cfg.TCPTypes {
+			if tcp == Active {
+				cands = append(cands, newLocal(Host, Active, netip.AddrPortFrom(ip, DiscardPort), netip.AddrPortFrom(ip, 0), netip.Addr{}, pref))
+				continue
+			}
 			ln, err := lc.Listen(ctx, tcpNet(ip), netip.AddrPortFrom(ip, 0).String())
 			if err != nil {
 				a.Close()

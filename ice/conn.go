@@ -74,11 +74,7 @@ func (c *Conn) answer(m *stun.Message) {
 	if _, err := parseCheck(m, c.ufrag, c.pwd); err != nil {
 		return
 	}
-	ra, _ := c.c.RemoteAddr().(*net.TCPAddr)
-	if ra == nil {
-		return
-	}
-	raw, err := buildSuccess(m.TransactionID, ra.AddrPort(), c.pwd)
+	raw, err := buildSuccess(m.TransactionID, addrPortOf(c.c.RemoteAddr()), c.pwd)
 	if err != nil {
 		return
 	}

@@ -27,6 +27,10 @@ type pconn struct {
 
 	wmu      sync.Mutex // serializes frame writes
 	stopping atomic.Bool
+	// trusted: an authenticated check or response was seen on this
+	// connection, so the peer may now send application data on it. Before,
+	// a non-STUN frame is garbage and is dropped.
+	trusted atomic.Bool
 	done     chan struct{} // closed when the reader goroutine exits
 }
 
@@ -326,10 +330,7 @@ func (r *run) send(p *Pair, pc *pconn, now time.Time) {
 
 // addConn registers a connection and starts its reader.
 func (r *run) addConn(c net.Conn, local Candidate, p *Pair) *pconn {
-	ra := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); !ok || ta == nil {
-		ra = netip.AddrPort{}
-	}
+	ra := addrPortOf(c.RemoteAddr())
 	pc := &pconn{
 		c: c, br: bufio.NewReaderSize(c, 2+MaxFrame+16), local: local, pair: p,
 		remote: netip.AddrPortFrom(ra.Addr().Unmap(), ra.Port()),
@@ -365,6 +366,12 @@ func (r *run) read(pc *pconn) {
 		switch {
 		case err != nil:
 			ev = event{kind: evClosed, pc: pc, err: err}
+		case kind == frameData && !pc.trusted.Load():
+			if err := discardFrame(pc.br); err != nil {
+				ev = event{kind: evClosed, pc: pc, err: err}
+				break
+			}
+			continue
 		case kind == frameData:
 			ev = event{kind: evData, pc: pc}
 		case m == nil:
@@ -424,6 +431,16 @@ func nextFrame(br *bufio.Reader) (frameKind, *stun.Message, error) {
 		return frameSTUN, nil, nil
 	}
 	return frameSTUN, m, nil
+}
+
+// discardFrame skips the next frame of br.
+func discardFrame(br *bufio.Reader) error {
+	h, err := br.Peek(2)
+	if err != nil {
+		return err
+	}
+	_, err = br.Discard(2 + (int(h[0])<<8 | int(h[1])))
+	return err
 }
 
 // handle processes one event of the loop.
@@ -532,6 +549,7 @@ func (r *run) onRequest(pc *pconn, m *stun.Message, now time.Time) {
 		r.logf("ice: bad check from %s: %v", pc.remote, err)
 		return
 	}
+	pc.trusted.Store(true)
 	switch ResolveRoleConflict(r.cl.Controlling, r.a.tieBreaker, req.controlling, req.tieBreaker) {
 	case KeepRole:
 		raw, berr := buildError(req.tx, stun.CodeRoleConflict, r.a.pwd)
@@ -603,6 +621,7 @@ func (r *run) onResponse(pc *pconn, m *stun.Message, now time.Time) {
 	p := t.pair
 	switch {
 	case resp.ok:
+		pc.trusted.Store(true)
 		if resp.mapped.IsValid() {
 			p.Mapped = resp.mapped.String()
 		}
@@ -635,4 +654,17 @@ func (r *run) handOver(p *Pair) *Conn {
 		relay = a.relay
 	}
 	return newConn(pc, *p, a.ufrag, a.pwd, relay, &a.relayWG)
+}
+
+// addrPortOf converts a connection's address (a *net.TCPAddr, or whatever a
+// relay client returns) to a netip.AddrPort; zero if it cannot.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok && ta != nil {
+		return ta.AddrPort()
+	}
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
 }

@@ -1,0 +1,273 @@
+package ice
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v4"
+)
+
+func TestConnectSimultaneousOpen(t *testing.T) {
+	so := []TCPType{SO}
+	ra, rb := connectPair(t, Config{Addrs: loopback, TCPTypes: so}, Config{Addrs: loopback, TCPTypes: so})
+	if ra.err != nil || rb.err != nil {
+		t.Fatalf("%v / %v\n%s%s", ra.err, rb.err, ra.rep, rb.rep)
+	}
+	t.Logf("\n%s%s", ra.rep, rb.rep)
+	sel := ra.rep.SelectedPair()
+	if sel.Local.TCPType != SO || sel.Remote.TCPType != SO {
+		t.Fatalf("selected %s/%s", sel.Local.TCPType, sel.Remote.TCPType)
+	}
+	// the S-O connection runs between the two S-O ports themselves
+	if addrPortOf(ra.conn.LocalAddr()) != sel.Local.Addr || addrPortOf(ra.conn.RemoteAddr()) != sel.Remote.Addr {
+		t.Errorf("connection %s->%s is not between the S-O candidates %s->%s", ra.conn.LocalAddr(), ra.conn.RemoteAddr(), sel.Local.Addr, sel.Remote.Addr)
+	}
+	samePath(t, ra.conn, rb.conn)
+	exchange(t, ra.conn, rb.conn, 100_000)
+}
+
+func TestConnectRoleConflict(t *testing.T) {
+	for _, both := range []bool{true, false} {
+		ra, rb := connectAgents(t, Config{Addrs: loopback, Controlling: both}, Config{Addrs: loopback, Controlling: both}, nil)
+		if ra.err != nil || rb.err != nil {
+			t.Fatalf("both controlling=%v: %v / %v\n%s%s", both, ra.err, rb.err, ra.rep, rb.rep)
+		}
+		if ra.rep.Controlling == rb.rep.Controlling {
+			t.Fatalf("both controlling=%v: roles not resolved: %v %v", both, ra.rep.Controlling, rb.rep.Controlling)
+		}
+		samePath(t, ra.conn, rb.conn)
+		exchange(t, ra.conn, rb.conn, 1000)
+	}
+}
+
+// countingRelay records whether the allocation was closed.
+type countingRelay struct {
+	RelayAllocation
+	closed *atomic.Bool
+}
+
+func (c countingRelay) Close() error { c.closed.Store(true); return c.RelayAllocation.Close() }
+
+func withCount(f RelayFunc, closed *atomic.Bool) RelayFunc {
+	return func(ctx context.Context) (RelayAllocation, error) {
+		r, err := f(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return countingRelay{r, closed}, nil
+	}
+}
+
+func TestRelayNotUsedWhenDirectWorks(t *testing.T) {
+	srv := startTURN(t, "127.0.0.1")
+	var closed atomic.Bool
+	ra, rb := connectPair(t, Config{Addrs: loopback}, Config{Addrs: loopback, Relay: withCount(pionRelay(srv), &closed)})
+	if ra.err != nil || rb.err != nil {
+		t.Fatalf("%v / %v", ra.err, rb.err)
+	}
+	t.Logf("\n%s%s", ra.rep, rb.rep)
+	hasRelay := false
+	for _, p := range ra.rep.Pairs {
+		hasRelay = hasRelay || p.Remote.Type == Relayed
+	}
+	if !hasRelay {
+		t.Fatal("no relayed pair was formed")
+	}
+	if sel := ra.rep.SelectedPair(); sel.Local.Type == Relayed || sel.Remote.Type == Relayed {
+		t.Fatalf("relay selected although a direct pair works: %+v", sel)
+	}
+	if !closed.Load() {
+		t.Error("unused relay allocation left open")
+	}
+	exchange(t, ra.conn, rb.conn, 1000)
+}
+
+// TestRelayAfterDirectFails: b's only direct candidate accepts and never
+// answers; the relayed pair is selected only after that check fails.
+func TestRelayAfterDirectFails(t *testing.T) {
+	srv := startTURN(t, "127.0.0.1")
+	silent := listenSilent(t)
+	var closed atomic.Bool
+	ca := Config{Addrs: loopback, Relay: withCount(pionRelay(srv), &closed), CheckTimeout: 500 * time.Millisecond}
+	cb := Config{Addrs: loopback, TCPTypes: []TCPType{Active}, CheckTimeout: 500 * time.Millisecond, Controlling: true}
+	ca.Controlling = false
+	ra, rb := connectAgents(t, ca, cb, func(d *Description) {
+		// a is "behind a NAT": b sees only its relayed candidate and a dead host one
+		var keep []Candidate
+		for _, c := range d.Candidates {
+			if c.Type == Relayed {
+				keep = append(keep, c)
+			}
+		}
+		keep = append(keep, Candidate{Foundation: "dead", Component: 1, Priority: Priority(Host, Passive, 0, 1), Addr: silent, Type: Host, TCPType: Passive})
+		d.Candidates = keep
+	})
+	if ra.err != nil || rb.err != nil {
+		t.Fatalf("%v / %v\n%s%s", ra.err, rb.err, ra.rep, rb.rep)
+	}
+	t.Logf("\n%s%s", ra.rep, rb.rep)
+	sel := rb.rep.SelectedPair()
+	if sel.Remote.Type != Relayed {
+		t.Fatalf("selected %+v, want the relayed pair", sel)
+	}
+	var direct *PairReport
+	for i, p := range rb.rep.Pairs {
+		if p.Remote.Type == Host {
+			direct = &rb.rep.Pairs[i]
+		}
+	}
+	if direct == nil || direct.State != Failed {
+		t.Fatalf("direct pair: %+v", direct)
+	}
+	if rb.rep.Elapsed < 500*time.Millisecond {
+		t.Errorf("relay selected after %v, before the direct check could fail", rb.rep.Elapsed)
+	}
+	if rb.rep.Elapsed > 1500*time.Millisecond {
+		t.Errorf("relay selected %v after the start, more than 1 s after the direct check failed", rb.rep.Elapsed)
+	}
+	if !strings.Contains(rb.rep.Reason, "relay") {
+		t.Errorf("reason %q", rb.rep.Reason)
+	}
+	exchange(t, ra.conn, rb.conn, 300_000)
+	if closed.Load() {
+		t.Fatal("relay allocation closed under the selected connection")
+	}
+	ra.conn.Close()
+	if !closed.Load() {
+		t.Error("closing the relayed Conn left the allocation open")
+	}
+}
+
+// rawPeer talks to an agent's passive candidate by hand.
+type rawPeer struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func (p *rawPeer) send(raw []byte) {
+	p.t.Helper()
+	b, err := AppendFrame(nil, raw)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if _, err := p.c.Write(b); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func (p *rawPeer) recv() (*stun.Message, error) {
+	_ = p.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	f, err := peekFrame(p.br, MaxFrame)
+	if err != nil {
+		return nil, err
+	}
+	m, err := decodeSTUN(f)
+	p.br.Discard(2 + len(f))
+	return m, err
+}
+
+func TestBadChecks(t *testing.T) {
+	a, err := NewAgent(Config{Addrs: loopback, TCPTypes: []TCPType{Passive}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	da, err := a.Gather(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const peerUfrag, peerPwd = "PEER", "peerpasswordpeerpassword"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := a.Connect(ctx, Description{Ufrag: peerUfrag, Pwd: peerPwd, Candidates: []Candidate{
+			{Foundation: "1", Component: 1, Priority: Priority(Host, Active, 0, 1), Addr: netip.MustParseAddrPort("127.0.0.1:9"), Type: Host, TCPType: Active}}})
+		done <- err
+	}()
+	dial := func() *rawPeer {
+		c, err := net.Dial("tcp4", da.Candidates[0].Addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return &rawPeer{t, c, bufio.NewReaderSize(c, 1<<17)}
+	}
+	check := func(user, pwd string) ([]byte, [stun.TransactionIDSize]byte) {
+		tx := stun.NewTransactionID()
+		raw, err := buildCheck(checkRequest{tx: tx, username: user, priority: 5, tieBreaker: 1, controlling: true}, pwd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw, tx
+	}
+	expectCode := func(p *rawPeer, tx [stun.TransactionIDSize]byte, code stun.ErrorCode) {
+		t.Helper()
+		m, err := p.recv()
+		if err != nil {
+			t.Fatalf("want error %d, got %v", code, err)
+		}
+		var ec stun.ErrorCodeAttribute
+		if m.TransactionID != tx || m.Type != stun.BindingError || ec.GetFrom(m) != nil || ec.Code != code {
+			t.Fatalf("want error %d for our transaction, got %s", code, m)
+		}
+	}
+	p := dial()
+	// wrong password: 401
+	raw, tx := check(da.Ufrag+":"+peerUfrag, peerPwd)
+	p.send(raw)
+	expectCode(p, tx, stun.CodeUnauthorized)
+	// unknown username: 401
+	raw, tx = check("nobody:"+peerUfrag, da.Pwd)
+	p.send(raw)
+	expectCode(p, tx, stun.CodeUnauthorized)
+	// no FINGERPRINT: dropped silently; the next answer is for the next request
+	m, _ := stun.Build(stun.BindingRequest, stun.TransactionID, stun.NewUsername(da.Ufrag+":"+peerUfrag),
+		uint32Attr{stun.AttrPriority, 5}, uint64Attr{stun.AttrICEControlling, 1}, stun.NewShortTermIntegrity(da.Pwd))
+	p.send(m.Raw)
+	// no MESSAGE-INTEGRITY: 400
+	m, _ = stun.Build(stun.BindingRequest, stun.TransactionID, stun.NewUsername(da.Ufrag+":"+peerUfrag),
+		uint32Attr{stun.AttrPriority, 5}, uint64Attr{stun.AttrICEControlling, 1}, stun.Fingerprint)
+	p.send(m.Raw)
+	expectCode(p, m.TransactionID, stun.CodeBadRequest)
+	// a truncated STUN message inside a frame: dropped
+	raw, _ = check(da.Ufrag+":"+peerUfrag, da.Pwd)
+	p.send(raw[:30])
+	// a good check on the same connection is still answered
+	raw, tx = check(da.Ufrag+":"+peerUfrag, da.Pwd)
+	p.send(raw)
+	m, err = p.recv()
+	if err != nil || m.TransactionID != tx || m.Type != stun.BindingSuccess {
+		t.Fatalf("good check after bad ones: %v %v", err, m)
+	}
+
+	// an oversize STUN frame: the connection is closed
+	q := dial()
+	big := make([]byte, 20+4000)
+	copy(big, raw[:20])
+	big[2], big[3] = byte(4000>>8), byte(4000&0xff)
+	q.send(big)
+	if _, err := q.recv(); !errors.Is(err, io.EOF) && !isReset(err) {
+		t.Fatalf("oversize frame: connection not closed: %v", err)
+	}
+	// the agent survived all of it and still ends with a clear error at its deadline
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrNoPath) {
+			t.Fatalf("Connect: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Connect did not end at its deadline")
+	}
+}
+
+func isReset(err error) bool { return err != nil && strings.Contains(err.Error(), "reset") }

@@ -1,0 +1,118 @@
+package ice
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/logging"
+	"github.com/pion/turn/v5"
+)
+
+const (
+	turnUser, turnPass, turnRealm = "alice", "secret123", "del.test"
+)
+
+// startTURN runs pion/turn v5's server (TURN and STUN over TCP) on ip,
+// port 0, until the test ends. It stands in for `del turn` until the
+// project's server lands.
+func startTURN(t testing.TB, ip string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := turn.GenerateAuthKey(turnUser, turnRealm, turnPass)
+	srv, err := turn.NewServer(turn.ServerConfig{
+		Realm: turnRealm,
+		AuthHandler: func(ra *turn.RequestAttributes) (string, []byte, bool) {
+			return ra.Username, key, ra.Username == turnUser
+		},
+		ListenerConfigs: []turn.ListenerConfig{{
+			Listener:              ln,
+			RelayAddressGenerator: &turn.RelayAddressGeneratorStatic{RelayAddress: net.ParseIP(ip), Address: ip},
+		}},
+		LoggerFactory: logging.NewDefaultLoggerFactory(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// pionRelay adapts pion/turn v5's client to RelayFunc (to be replaced by
+// the project's turn client).
+func pionRelay(server netip.AddrPort) RelayFunc {
+	return func(ctx context.Context) (RelayAllocation, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", server.String())
+		if err != nil {
+			return nil, err
+		}
+		cl, err := turn.NewClient(&turn.ClientConfig{
+			STUNServerAddr: server.String(), TURNServerAddr: server.String(),
+			Conn: turn.NewSTUNConn(conn), Username: turnUser, Password: turnPass, Realm: turnRealm,
+			LoggerFactory: logging.NewDefaultLoggerFactory(),
+		})
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		if err := cl.Listen(); err != nil {
+			cl.Close()
+			conn.Close()
+			return nil, err
+		}
+		alloc, err := cl.AllocateTCPWithContext(ctx)
+		if err != nil {
+			cl.Close()
+			conn.Close()
+			return nil, err
+		}
+		r := &pionAlloc{cl: cl, conn: conn, alloc: alloc, addr: addrPortOf(alloc.Addr())}
+		if m, err := cl.SendBindingRequest(); err == nil {
+			r.mapped = addrPortOf(m)
+		}
+		return r, nil
+	}
+}
+
+type pionAlloc struct {
+	cl     *turn.Client
+	conn   net.Conn
+	alloc  interface {
+		Accept() (net.Conn, error)
+		Addr() net.Addr
+		Close() error
+	}
+	addr   netip.AddrPort
+	mapped netip.AddrPort
+}
+
+func (p *pionAlloc) Addr() netip.AddrPort   { return p.addr }
+func (p *pionAlloc) Mapped() netip.AddrPort { return p.mapped }
+func (p *pionAlloc) Permit(ips []netip.Addr) error {
+	var addrs []net.Addr
+	for _, ip := range ips {
+		addrs = append(addrs, &net.TCPAddr{IP: ip.AsSlice()})
+	}
+	if len(addrs) == 0 {
+		return nil
+	}
+	return p.cl.CreatePermission(addrs...)
+}
+func (p *pionAlloc) Accept() (net.Conn, error) { return p.alloc.Accept() }
+func (p *pionAlloc) Close() error {
+	// pion/turn v5.1.3: TCPAllocation.Close does not unblock Accept (its
+	// doc says it does); the accept deadline does.
+	if d, ok := p.alloc.(interface{ SetDeadline(time.Time) error }); ok {
+		_ = d.SetDeadline(time.Unix(1, 0))
+	}
+	err := p.alloc.Close()
+	p.cl.Close()
+	p.conn.Close()
+	return err
+}
