@@ -102,6 +102,15 @@ func main() {
 		direct = append(direct, v)
 	}
 	d := median(direct)
+	var proxied []float64
+	for i := 0; i < *runs; i++ {
+		v, err := proxyTransfer(*size)
+		if err != nil {
+			fatal("proxy: %v", err)
+		}
+		proxied = append(proxied, v)
+	}
+	px := median(proxied)
 
 	fmt.Printf("TURN over TCP, loopback, %d MiB transfer (median of %d), %d allocations x %d MiB, %d idle allocations\n\n",
 		*size>>20, *runs, *conc, *concSize>>20, *idle)
@@ -110,10 +119,13 @@ func main() {
 		r := results[n]
 		fmt.Printf("%-12s %10.0f %12.2f %14.2f %14.2f %16.1f\n", n, r.mbps, r.bigCPU, r.concSec, r.concCPU, r.idleKB)
 	}
+	fmt.Printf("%-12s %10.0f %12s %14s %14s %16s\n", "TCP proxy", px, "-", "-", "-", "-")
 	fmt.Printf("%-12s %10.0f %12s %14s %14s %16s\n", "direct TCP", d, "-", "-", "-", "-")
 	fmt.Println()
+	fmt.Println("TCP proxy: a bare in-process splice proxy, one extra TCP hop and no TURN; the ceiling of any relay here.")
 	del := results["del turn"]
 	fmt.Printf("del turn / direct:  %.2f x (goal >= 0.40)\n", del.mbps/d)
+	fmt.Printf("del turn / TCP proxy:  %.2f x\n", del.mbps/px)
 	if c, ok := results["coturn"]; ok {
 		fmt.Printf("del turn / coturn:  %.2f x (goal >= 3)\n", del.mbps/c.mbps)
 		fmt.Printf("concurrent, coturn time / del turn time: %.2f x\n", c.concSec/del.concSec)
@@ -330,6 +342,52 @@ func directTransfer(size int64) (float64, error) {
 	ch := make(chan net.Conn, 1)
 	go func() { c, _ := ln.Accept(); ch <- c }()
 	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	defer w.Close()
+	r := <-ch
+	if r == nil {
+		return 0, errors.New("accept failed")
+	}
+	defer r.Close()
+	d, err := transfer(w, r, size)
+	if err != nil {
+		return 0, err
+	}
+	return float64(size) / d.Seconds() / 1e6, nil
+}
+
+// proxyTransfer is directTransfer through a bare TCP proxy (io.Copy both
+// ways, which splices) in this process.
+func proxyTransfer(size int64) (float64, error) {
+	back, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer back.Close()
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer front.Close()
+	go func() {
+		in, err := front.Accept()
+		if err != nil {
+			return
+		}
+		out, err := net.Dial("tcp", back.Addr().String())
+		if err != nil {
+			in.Close()
+			return
+		}
+		go func() { io.Copy(out, in); out.Close() }()
+		io.Copy(in, out)
+		in.Close()
+	}()
+	ch := make(chan net.Conn, 1)
+	go func() { c, _ := back.Accept(); ch <- c }()
+	w, err := net.Dial("tcp", front.Addr().String())
 	if err != nil {
 		return 0, err
 	}
