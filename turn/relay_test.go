@@ -562,3 +562,33 @@ func countFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// On an IPv6 listener the relay is IPv6 too (RFC 6156), both ways.
+func TestIPv6(t *testing.T) {
+	probe, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		testenv.Missing(t, "no IPv6 loopback: %v", err)
+	}
+	probe.Close()
+	s := startServer(t, func(c *ServerConfig) { c.Listen = "[::1]:0" })
+	a := allocate(t, clientFor(s.Addr().String()))
+	if !a.RelayedAddr().Addr().Is6() {
+		t.Fatalf("relayed address %v is not IPv6", a.RelayedAddr())
+	}
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peerCh := acceptOne(ln)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := a.DialPeer(ctx, ln.Addr().String())
+	if err != nil {
+		t.Fatalf("DialPeer over IPv6: %v", err)
+	}
+	defer out.Close()
+	peer := recvConn(t, peerCh, "peer")
+	sendAndCheck(t, out, peer, 1<<20)
+	sendAndCheck(t, peer, out, 1<<20)
+}
