@@ -421,6 +421,11 @@ func TestInteropOpenDHT(t *testing.T) {
 
 	t.Run("EncryptedGoToPython", func(t *testing.T) {
 		key := wire.HashKey("del-interop-enc")
+		// python3-opendht publishes its certificate in the background at start.
+		waitFor(t, 30*time.Second, "python's certificate on the DHT", func() bool {
+			_, err := gos[0].FindCertificate(ctx, pyPK)
+			return err == nil
+		})
 		v := &wire.Value{Data: []byte("secret for python"), UserType: "text/plain"}
 		if _, err := gos[0].PutEncrypted(ctx, key, pyPK, v); err != nil {
 			t.Fatal(err)
@@ -452,6 +457,27 @@ func TestInteropOpenDHT(t *testing.T) {
 		}
 		if len(r.Values) != 0 {
 			t.Fatalf("a value for someone else was returned: %+v", r.Values)
+		}
+	})
+
+	t.Run("IPv6", func(t *testing.T) {
+		u, err := ListenUDP(Config{}, "[::1]:0")
+		if err != nil {
+			testenv.Missing(t, "IPv6 loopback: %v", err)
+		}
+		defer u.Close()
+		u.Bootstrap(netip.AddrPortFrom(netip.IPv6Loopback(), uint16(portA)))
+		if err := u.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		key := wire.HashKey("del-interop-v6")
+		if _, err := u.Put(ctx, key, &wire.Value{Data: []byte("via ::1")}); err != nil {
+			t.Fatal(err)
+		}
+		// dhtnode stored it over IPv6; a Go node on IPv4 finds it there.
+		r, err := gos[2].Get(ctx, key, nil)
+		if err != nil || len(r.Values) != 1 || string(r.Values[0].Data) != "via ::1" {
+			t.Fatalf("IPv4 get of a value put over IPv6: %v %+v", err, r)
 		}
 	})
 
