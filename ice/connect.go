@@ -31,7 +31,7 @@ type pconn struct {
 	// connection, so the peer may now send application data on it. Before,
 	// a non-STUN frame is garbage and is dropped.
 	trusted atomic.Bool
-	done     chan struct{} // closed when the reader goroutine exits
+	done    chan struct{} // closed when the reader goroutine exits
 }
 
 func (pc *pconn) writeFrame(p []byte, timeout time.Duration) error {

@@ -81,9 +81,9 @@ func pionRelay(server netip.AddrPort) RelayFunc {
 }
 
 type pionAlloc struct {
-	cl     *turn.Client
-	conn   net.Conn
-	alloc  interface {
+	cl    *turn.Client
+	conn  net.Conn
+	alloc interface {
 		Accept() (net.Conn, error)
 		Addr() net.Addr
 		Close() error
