@@ -66,6 +66,13 @@ func main() {
 		r := &result{}
 		results[s.name] = r
 		order = append(order, s.name)
+		// Idle memory first, on the fresh process, before transfers have
+		// grown its heap.
+		r.idleKB, err = idleMemory(p, *idle)
+		if err != nil {
+			p.stop()
+			fatal("%s: idle: %v", s.name, err)
+		}
 		cpu0 := p.cpu()
 		var mbs []float64
 		for i := 0; i < *runs; i++ {
@@ -86,11 +93,6 @@ func main() {
 		}
 		r.concSec = t.Seconds()
 		r.concCPU = p.cpu() - cpu1
-		r.idleKB, err = idleMemory(p, *idle)
-		if err != nil {
-			p.stop()
-			fatal("%s: idle: %v", s.name, err)
-		}
 		p.stop()
 	}
 	var direct []float64
