@@ -33,3 +33,18 @@ func TestParseURL(t *testing.T) {
 		t.Errorf("error shows the password: %v", err)
 	}
 }
+
+func FuzzParseURL(f *testing.F) {
+	f.Add("turn://alice:secret123@127.0.0.1:3478")
+	f.Add("turns://u:p@[::1]")
+	f.Add("turn://%zz@h")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseURL(s)
+		if err != nil {
+			return
+		}
+		if c.Server == "" || c.Username == "" {
+			t.Fatalf("ParseURL(%q) accepted without server or user: %+v", s, c)
+		}
+	})
+}
