@@ -281,6 +281,25 @@ func (r *run) check(p *Pair, now time.Time) {
 	}()
 }
 
+// S-O connect pacing: one attempt lasts soAttempt; after a refusal the
+// next comes soRetry later.
+const (
+	soAttempt = 250 * time.Millisecond
+	soRetry   = 1 * time.Millisecond
+)
+
+// retrySO: an S-O connect is retried after a refusal (the peer's SYN has not
+// gone out, or its NAT answered RST) or a timeout (its NAT dropped our SYN),
+// not when the 4-tuple is taken (the peer's SYN reached our listener first)
+// or there is no route.
+func retrySO(err error) bool {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // dial connects for a check. An S-O connect is retried while the peer
 // answers with RST (its SYN has not gone out yet) until timeout (RFC 6544
 // §7.1 leaves retries to the agent).
@@ -288,11 +307,20 @@ func (r *run) dial(local, remote netip.AddrPort, reuse, so bool, timeout time.Du
 	ctx, cancel := context.WithTimeout(r.ctx, timeout)
 	defer cancel()
 	for {
-		c, err := dialFrom(ctx, local, remote, reuse)
-		if err == nil || !so || !errors.Is(err, syscall.ECONNREFUSED) {
+		actx := ctx
+		var acancel context.CancelFunc = func() {}
+		if so {
+			// Each attempt sends a fresh SYN at once instead of waiting for
+			// the kernel's 1 s SYN retransmission: the peer's NAT drops our
+			// SYNs until the peer's own SYN has opened its mapping.
+			actx, acancel = context.WithTimeout(ctx, soAttempt)
+		}
+		c, err := dialFrom(actx, local, remote, reuse)
+		acancel()
+		if err == nil || !so || ctx.Err() != nil || !retrySO(err) {
 			return c, err
 		}
-		t := time.NewTimer(50 * time.Millisecond)
+		t := time.NewTimer(soRetry)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -485,7 +513,7 @@ func (r *run) dropConn(pc *pconn, err error) {
 	r.a.mu.Unlock()
 	if p := pc.pair; p != nil && r.connOf[p] == pc {
 		delete(r.connOf, p)
-		if p.State != Failed {
+		if p.State != Failed && p.State != Succeeded {
 			r.cl.Fail(p, fmt.Errorf("connection: %w", err))
 		}
 	}

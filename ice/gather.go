@@ -162,7 +162,7 @@ func stunBinding(ctx context.Context, local, server netip.AddrPort, timeout time
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("stun %s: read: %w", server, err)
 	}
-	n := 20 + int(hdr[2])<<8 | int(hdr[3])
+	n := 20 + (int(hdr[2])<<8 | int(hdr[3]))
 	raw, err := br.Peek(n)
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("stun %s: read: %w", server, err)
