@@ -1,7 +1,9 @@
 package turn
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"io"
 	"net"
 	"os/exec"
@@ -58,6 +60,35 @@ func exerciseClient(t *testing.T, addr string) {
 		}
 		sendAndCheck(t, peer, in, size)
 		sendAndCheck(t, in, peer, size)
+	})
+
+	// A peer that sends a little before the client has bound (32 KiB, under
+	// coturn's ~64 KB) loses nothing.
+	t.Run("early-peer-data", func(t *testing.T) {
+		a := allocate(t, clientFor(addr))
+		if err := a.Permit(ctx, loopback); err != nil {
+			t.Fatalf("Permit: %v", err)
+		}
+		peer, err := net.Dial("tcp", a.RelayedAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer peer.Close()
+		early := make([]byte, 32<<10)
+		rand.Read(early)
+		if _, err := peer.Write(early); err != nil {
+			t.Fatal(err)
+		}
+		in, err := a.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer in.Close()
+		in.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got := make([]byte, len(early))
+		if _, err := io.ReadFull(in, got); err != nil || !bytes.Equal(got, early) {
+			t.Fatalf("early peer data: %v, equal %v", err, bytes.Equal(got, early))
+		}
 	})
 
 	t.Run("dial-out-to-peer", func(t *testing.T) {
