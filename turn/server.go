@@ -87,8 +87,9 @@ type ServerConfig struct {
 	// BandwidthLimit caps each allocation, bytes per second over all its
 	// connections and both directions; 0: no cap.
 	BandwidthLimit int64
-	// AllocationLifetime is the default and maximum lifetime granted
-	// (RFC 8656 §7.2); 0: 10 minutes.
+	// AllocationLifetime is the lifetime granted when the client asks for
+	// none or for more than an hour (RFC 8656 §7.2; pion grants any asked
+	// lifetime under an hour); 0: 10 minutes.
 	AllocationLifetime time.Duration
 
 	// HandshakeTimeout closes a client connection that has not sent an

@@ -119,7 +119,7 @@ SIGTERM or SIGINT releases every allocation and exits.`,
 	f.StringArrayVar(&denyPeers, "deny-peer", nil, "refuse this CIDR too, besides the default ranges (repeatable)")
 	f.IntVar(&quota, "user-quota", 0, "concurrent allocations per user (0: no limit)")
 	f.StringVar(&bandwidth, "bandwidth", "0", "per-allocation limit in bytes/s, suffixes k, M, G (powers of 1000; 0: none)")
-	f.DurationVar(&lifetime, "lifetime", 0, "default and maximum allocation lifetime (default 10m)")
+	f.DurationVar(&lifetime, "lifetime", 0, "allocation lifetime granted when a client asks for none or more than 1h (default 10m)")
 	f.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics on HOST:PORT at /metrics")
 	cmd.MarkFlagRequired("realm")
 	return cmd
