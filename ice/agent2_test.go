@@ -48,6 +48,19 @@ func TestConnectRoleConflict(t *testing.T) {
 	}
 }
 
+// relayImpls: the project's TURN server and client (what `del turn` runs),
+// and pion/turn v5's, as an independent implementation.
+var relayImpls = []relayImpl{
+	{"del", func(t testing.TB) netip.AddrPort { return startDelTURN(t, "127.0.0.1", delturnLoopback...) }, delRelay},
+	{"pion", func(t testing.TB) netip.AddrPort { return startTURN(t, "127.0.0.1") }, pionRelay},
+}
+
+type relayImpl struct {
+	name   string
+	server func(testing.TB) netip.AddrPort
+	relay  func(netip.AddrPort) RelayFunc
+}
+
 // countingRelay records whether the allocation was closed.
 type countingRelay struct {
 	RelayAllocation
@@ -67,9 +80,15 @@ func withCount(f RelayFunc, closed *atomic.Bool) RelayFunc {
 }
 
 func TestRelayNotUsedWhenDirectWorks(t *testing.T) {
-	srv := startTURN(t, "127.0.0.1")
+	for _, impl := range relayImpls {
+		t.Run(impl.name, func(t *testing.T) { testRelayNotUsed(t, impl) })
+	}
+}
+
+func testRelayNotUsed(t *testing.T, impl relayImpl) {
+	srv := impl.server(t)
 	var closed atomic.Bool
-	ra, rb := connectPair(t, Config{Addrs: loopback}, Config{Addrs: loopback, Relay: withCount(pionRelay(srv), &closed)})
+	ra, rb := connectPair(t, Config{Addrs: loopback}, Config{Addrs: loopback, Relay: withCount(impl.relay(srv), &closed)})
 	if ra.err != nil || rb.err != nil {
 		t.Fatalf("%v / %v", ra.err, rb.err)
 	}
@@ -93,10 +112,16 @@ func TestRelayNotUsedWhenDirectWorks(t *testing.T) {
 // TestRelayAfterDirectFails: b's only direct candidate accepts and never
 // answers; the relayed pair is selected only after that check fails.
 func TestRelayAfterDirectFails(t *testing.T) {
-	srv := startTURN(t, "127.0.0.1")
+	for _, impl := range relayImpls {
+		t.Run(impl.name, func(t *testing.T) { testRelayAfterDirectFails(t, impl) })
+	}
+}
+
+func testRelayAfterDirectFails(t *testing.T, impl relayImpl) {
+	srv := impl.server(t)
 	silent := listenSilent(t)
 	var closed atomic.Bool
-	ca := Config{Addrs: loopback, Relay: withCount(pionRelay(srv), &closed), CheckTimeout: 500 * time.Millisecond}
+	ca := Config{Addrs: loopback, Relay: withCount(impl.relay(srv), &closed), CheckTimeout: 500 * time.Millisecond}
 	cb := Config{Addrs: loopback, TCPTypes: []TCPType{Active}, CheckTimeout: 500 * time.Millisecond, Controlling: true}
 	ca.Controlling = false
 	ra, rb := connectAgents(t, ca, cb, func(d *Description) {

@@ -136,6 +136,7 @@ func (a *Agent) Connect(ctx context.Context, remote Description) (*Conn, *Report
 		for _, c := range rc {
 			ips = append(ips, c.Addr.Addr(), c.Related.Addr())
 		}
+		// one request per address (see RelayAllocation.Permit)
 		if err := relay.Permit(validAddrs(ips)); err != nil {
 			a.cfg.Logf("ice: relay permissions: %v", err)
 		}

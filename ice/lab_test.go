@@ -38,7 +38,14 @@ type labResult struct {
 func TestHelperProcess(t *testing.T) {
 	switch os.Getenv("ICE_HELPER") {
 	case "turn":
-		addr := startTURN(t, os.Getenv("ICE_ADDR"))
+		// the project's TURN server, as `del turn` runs it; ICE_TURN_IMPL=pion
+		// runs pion/turn v5's instead
+		var addr netip.AddrPort
+		if os.Getenv("ICE_TURN_IMPL") == "pion" {
+			addr = startTURN(t, os.Getenv("ICE_ADDR"))
+		} else {
+			addr = startDelTURN(t, os.Getenv("ICE_ADDR"))
+		}
 		fmt.Println("turn", addr)
 		_, _ = io.Copy(io.Discard, os.Stdin) // until the parent closes stdin
 		os.Exit(0)
@@ -62,7 +69,10 @@ func labAgent() (res labResult) {
 	if s := env("ICE_TURN"); s != "" {
 		srv := netip.MustParseAddrPort(s)
 		cfg.STUN = []netip.AddrPort{srv}
-		cfg.Relay = pionRelay(srv)
+		cfg.Relay = delRelay(srv)
+		if env("ICE_TURN_IMPL") == "pion" {
+			cfg.Relay = pionRelay(srv)
+		}
 	}
 	if env("ICE_DEBUG") != "" {
 		cfg.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "["+env("ICE_ADDR")+"] "+f+"\n", a...) }

@@ -2,6 +2,8 @@ package ice
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -9,6 +11,8 @@ import (
 
 	"github.com/pion/logging"
 	"github.com/pion/turn/v5"
+
+	delturn "github.com/del-share/del/turn"
 )
 
 const (
@@ -95,14 +99,13 @@ type pionAlloc struct {
 func (p *pionAlloc) Addr() netip.AddrPort   { return p.addr }
 func (p *pionAlloc) Mapped() netip.AddrPort { return p.mapped }
 func (p *pionAlloc) Permit(ips []netip.Addr) error {
-	var addrs []net.Addr
+	var first error
 	for _, ip := range ips {
-		addrs = append(addrs, &net.TCPAddr{IP: ip.AsSlice()})
+		if err := p.cl.CreatePermission(&net.TCPAddr{IP: ip.AsSlice()}); err != nil && first == nil {
+			first = err
+		}
 	}
-	if len(addrs) == 0 {
-		return nil
-	}
-	return p.cl.CreatePermission(addrs...)
+	return first
 }
 func (p *pionAlloc) Accept() (net.Conn, error) { return p.alloc.Accept() }
 func (p *pionAlloc) Close() error {
@@ -116,3 +119,28 @@ func (p *pionAlloc) Close() error {
 	p.conn.Close()
 	return err
 }
+
+// startDelTURN runs the project's TURN server (what `del turn` runs) on ip,
+// port 0, relaying to peers in allowed.
+func startDelTURN(t testing.TB, ip string, allowed ...netip.Prefix) netip.AddrPort {
+	t.Helper()
+	srv, err := delturn.NewServer(delturn.ServerConfig{
+		Listen: net.JoinHostPort(ip, "0"), Realm: turnRealm,
+		Users:        map[string]string{turnUser: turnPass},
+		AllowedPeers: allowed,
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv.Addr()
+}
+
+// delRelay uses the project's TURN client.
+func delRelay(server netip.AddrPort) RelayFunc {
+	return TURNRelay(&delturn.Client{Server: server.String(), Username: turnUser, Password: turnPass,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+}
+
+var delturnLoopback = delturn.LoopbackPeers

@@ -1,0 +1,47 @@
+package ice
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/del-share/del/turn"
+)
+
+// TURNRelay makes the relayed candidate with the project's TURN-TCP
+// client (RFC 6062): one allocation per agent.
+func TURNRelay(c *turn.Client) RelayFunc {
+	return func(ctx context.Context) (RelayAllocation, error) {
+		a, err := c.Allocate(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return turnAlloc{a}, nil
+	}
+}
+
+type turnAlloc struct{ a *turn.Allocation }
+
+func (t turnAlloc) Addr() netip.AddrPort   { return t.a.RelayedAddr() }
+func (t turnAlloc) Mapped() netip.AddrPort { return t.a.MappedAddr() }
+func (t turnAlloc) Accept() (net.Conn, error) {
+	return t.a.Accept()
+}
+func (t turnAlloc) Close() error { return t.a.Close() }
+
+// Permit asks for each IP on its own: a server refuses a whole
+// CreatePermission when one address is in a denied range (a peer's private
+// host address, typically), and the others must still get through.
+func (t turnAlloc) Permit(ips []netip.Addr) error {
+	var first error
+	for _, ip := range ips {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := t.a.Permit(ctx, ip)
+		cancel()
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
