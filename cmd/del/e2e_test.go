@@ -83,7 +83,12 @@ var listeningRE = regexp.MustCompile(`^listening ([0-9a-f]{40})@(127\.0\.0\.1:[0
 
 func (d *device) receive(args ...string) *receiver {
 	d.t.Helper()
-	c := d.cmd(append([]string{"receive", "--listen", "127.0.0.1:0"}, args...)...)
+	return d.receiveArgs(append([]string{"--listen", "127.0.0.1:0"}, args...)...)
+}
+
+func (d *device) receiveArgs(args ...string) *receiver {
+	d.t.Helper()
+	c := d.cmd(append([]string{"receive"}, args...)...)
 	r := &receiver{cmd: c, stdout: new(bytes.Buffer), stderr: new(bytes.Buffer), done: make(chan error, 1)}
 	// The contract line goes to stdout, or to stderr with --stdout.
 	pr, pw := io.Pipe()

@@ -40,10 +40,12 @@ func parseTarget(s string) (identity.ID, string, error) {
 
 func newSendCmd() *cobra.Command {
 	var (
-		name    string
-		quiet   bool
-		timeout time.Duration
-		limit   string
+		name      string
+		quiet     bool
+		timeout   time.Duration
+		limit     string
+		turnURL   string
+		relayMode string
 	)
 	cmd := &cobra.Command{
 		Use:   "send <peer-id>@<host>:<port> PATH... | -",
@@ -82,13 +84,22 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 			if err != nil {
 				return err
 			}
+			switch relayMode {
+			case "auto", "always", "never":
+			default:
+				return fmt.Errorf("--relay must be auto, always or never, not %q", relayMode)
+			}
+			tc, err := turnClient(turnURL)
+			if err != nil {
+				return err
+			}
 			dctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			var d net.Dialer
-			conn, err := d.DialContext(dctx, "tcp", addr)
+			conn, via, release, err := dialPeer(dctx, addr, tc, relayMode)
 			if err != nil {
-				return fmt.Errorf("connect to %s: %w", addr, err)
+				return err
 			}
+			defer release()
 			link, err := peer.Client(dctx, conn, peer.Config{Identity: ident, Expect: want})
 			if err != nil {
 				return err
@@ -103,13 +114,15 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "sent %s to %s over a direct link to %s\n", describe(rep), want, link.RemoteAddr())
+			fmt.Fprintf(cmd.OutOrStdout(), "sent %s to %s at %s over %s\n", describe(rep), want, addr, via)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "stdin", `name the receiver gives to data read from "-"`)
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	cmd.Flags().DurationVar(&timeout, "connect-timeout", 30*time.Second, "how long to try to reach the peer")
+	cmd.Flags().StringVar(&turnURL, "turn", "", "TURN server for going out through a relay: turn://USER:PASS@HOST:PORT (default $DEL_TURN)")
+	cmd.Flags().StringVar(&relayMode, "relay", "auto", "auto: relay only if the direct connection fails; always; never")
 	cmd.Flags().StringVar(&limit, "limit-rate", "", "cap the data rate in bytes per second (suffixes k, M, G: powers of 1000)")
 	return cmd
 }
@@ -137,6 +150,8 @@ func newReceiveCmd() *cobra.Command {
 		overwrite bool
 		from      string
 		quiet     bool
+		turnURL   string
+		permit    []string
 	)
 	cmd := &cobra.Command{
 		Use:   "receive [--listen HOST:PORT] [--dir DIR] [--yes]",
@@ -148,8 +163,12 @@ or --from limiting who may send.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			if listen == "" {
-				return errors.New("going online through the DHT is not wired into receive yet: use --listen HOST:PORT")
+			tc, err := turnClient(turnURL)
+			if err != nil {
+				return err
+			}
+			if listen == "" && tc == nil {
+				return errors.New("going online through the DHT is not wired into receive yet: use --listen HOST:PORT and/or --turn URL")
 			}
 			var only identity.ID
 			if from != "" {
@@ -163,19 +182,44 @@ or --from limiting who may send.`,
 			if err != nil {
 				return err
 			}
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				return err
-			}
-			defer ln.Close()
-			stop := context.AfterFunc(ctx, func() { ln.Close() })
-			defer stop()
 			out := cmd.OutOrStdout()
 			info := out
 			if toStdout {
 				info = cmd.ErrOrStderr()
 			}
-			fmt.Fprintf(info, "listening %s@%s\n", ident.ID, ln.Addr())
+			actx, cancelAccept := context.WithCancel(ctx)
+			acc := newAcceptor()
+			var listeners []net.Listener
+			defer func() {
+				cancelAccept()
+				for _, ln := range listeners {
+					ln.Close()
+				}
+				acc.wait()
+			}()
+			if listen != "" {
+				ln, err := net.Listen("tcp", listen)
+				if err != nil {
+					return err
+				}
+				listeners = append(listeners, ln)
+				acc.add(actx, ln, "direct")
+				fmt.Fprintf(info, "listening %s@%s\n", ident.ID, ln.Addr())
+			}
+			if tc != nil {
+				alloc, err := relayListen(ctx, tc, permit)
+				if err != nil {
+					return err
+				}
+				listeners = append(listeners, alloc)
+				acc.add(actx, alloc, "relay "+tc.Server)
+				// With --listen too, the first line stays the direct address.
+				word := "listening"
+				if listen != "" {
+					word = "relayed"
+				}
+				fmt.Fprintf(info, "%s %s@%s\n", word, ident.ID, alloc.RelayedAddr())
+			}
 			opts := transfer.ReceiveOptions{
 				Dir:       dir,
 				Overwrite: overwrite,
@@ -186,17 +230,14 @@ or --from limiting who may send.`,
 				opts.Stdout = out
 			}
 			for {
-				conn, err := ln.Accept()
+				a, err := acc.next(ctx)
 				if err != nil {
-					if ctx.Err() != nil {
-						return ctx.Err()
-					}
 					return err
 				}
-				rep, err := serveOne(ctx, conn, ident, only, opts)
+				rep, err := serveOne(ctx, a.conn, ident, only, opts)
 				if errors.Is(err, errNotATransfer) {
 					// A stray connection or a refused peer: keep waiting.
-					fmt.Fprintf(cmd.ErrOrStderr(), "ignored a connection from %s: %v\n", conn.RemoteAddr(), err)
+					fmt.Fprintf(cmd.ErrOrStderr(), "ignored a connection from %s: %v\n", a.conn.RemoteAddr(), err)
 					continue
 				}
 				if err != nil {
@@ -206,7 +247,11 @@ or --from limiting who may send.`,
 				if toStdout {
 					where = "stdout"
 				}
-				fmt.Fprintf(info, "received %s from %s into %s\n", describe(rep), rep.Remote, where)
+				link := "a direct link"
+				if a.via != "direct" {
+					link = "a relayed link (TURN " + strings.TrimPrefix(a.via, "relay ") + ")"
+				}
+				fmt.Fprintf(info, "received %s from %s into %s over %s\n", describe(rep), rep.Remote, where, link)
 				return nil
 			}
 		},
@@ -218,6 +263,8 @@ or --from limiting who may send.`,
 	cmd.Flags().BoolVar(&overwrite, "overwrite", false, "replace existing files that have other content")
 	cmd.Flags().StringVar(&from, "from", "", "accept only this peer id")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
+	cmd.Flags().StringVar(&turnURL, "turn", "", "also listen on a TURN relay: turn://USER:PASS@HOST:PORT (default $DEL_TURN)")
+	cmd.Flags().StringSliceVar(&permit, "permit", nil, "IPs allowed to reach the relayed address besides the TURN server's own")
 	return cmd
 }
 

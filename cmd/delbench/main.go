@@ -284,6 +284,10 @@ func cpuSecs(ps *os.ProcessState) float64 { return (ps.UserTime() + ps.SystemTim
 // runCroc runs croc's relay, sender and receiver inside a new network
 // namespace that has only loopback, so croc cannot reach anything else.
 func runCroc(croc, src, out string) (sample, error) {
+	croc, err := filepath.Abs(croc)
+	if err != nil {
+		return sample{}, err
+	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return sample{}, err
 	}
@@ -295,26 +299,31 @@ relay=$!
 sleep 0.5
 export CROC_SECRET=del-bench-code-4821
 start=$(date +%%s.%%N)
-%[1]s --relay 127.0.0.1:9009 --no-local --yes send --no-compress %[2]q >/dev/null 2>&1 &
+%[1]s --relay 127.0.0.1:9009 --yes send --no-local --no-compress %[2]q >/dev/null 2>&1 &
 snd=$!
-%[1]s --relay 127.0.0.1:9009 --yes --overwrite >/dev/null 2>&1
+timeout 600 %[1]s --relay 127.0.0.1:9009 --yes --overwrite >/dev/null 2>&1
 wait $snd
 end=$(date +%%s.%%N)
 kill $relay
-echo "secs $(echo "$end - $start" | bc -l)"
+echo "start $start"
+echo "end $end"
 `, croc, src, out)
 	cmd := exec.Command("unshare", "-n", "bash", "-c", script)
 	b, err := cmd.CombinedOutput()
 	if err != nil {
 		return sample{}, fmt.Errorf("croc: %v: %s", err, b)
 	}
-	var secs float64
+	var start, end float64
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "secs ") {
-			fmt.Sscan(strings.TrimPrefix(l, "secs "), &secs)
+		if v, ok := strings.CutPrefix(l, "start "); ok {
+			fmt.Sscan(v, &start)
+		}
+		if v, ok := strings.CutPrefix(l, "end "); ok {
+			fmt.Sscan(v, &end)
 		}
 	}
-	if secs == 0 {
+	secs := end - start
+	if secs <= 0 {
 		return sample{}, fmt.Errorf("croc: no timing in %q", b)
 	}
 	return sample{secs: secs, cpu: cpuSecs(cmd.ProcessState)}, nil
