@@ -299,7 +299,7 @@ relay=$!
 sleep 0.5
 export CROC_SECRET=del-bench-code-4821
 start=$(date +%%s.%%N)
-%[1]s --relay 127.0.0.1:9009 --yes send --no-local --no-compress %[2]q >/dev/null 2>&1 &
+%[1]s --relay 127.0.0.1:9009 --no-compress --yes send --no-local %[2]q >/dev/null 2>&1 &
 snd=$!
 timeout 600 %[1]s --relay 127.0.0.1:9009 --yes --overwrite >/dev/null 2>&1
 wait $snd
