@@ -422,10 +422,26 @@ func TestInteropOpenDHT(t *testing.T) {
 	t.Run("EncryptedGoToPython", func(t *testing.T) {
 		key := wire.HashKey("del-interop-enc")
 		// python3-opendht publishes its certificate in the background at start.
-		waitFor(t, 30*time.Second, "python's certificate on the DHT", func() bool {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
 			_, err := gos[0].FindCertificate(ctx, pyPK)
-			return err == nil
-		})
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				r, gerr := gos[0].Get(ctx, pyPK, nil)
+				t.Logf("Go get at %s: %v, %+v", pyPK, gerr, r)
+				if r != nil {
+					for _, v := range r.Values {
+						_, perr := ParseCertificateValue(v)
+						t.Logf("value %d type %d: %v", v.ID, v.Type, perr)
+					}
+				}
+				t.Logf("python get at its own key: %v", py.call(t, map[string]any{"op": "get", "key": pyPK.String()}))
+				t.Fatalf("python's certificate is not on the DHT: %v", err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 		v := &wire.Value{Data: []byte("secret for python"), UserType: "text/plain"}
 		if _, err := gos[0].PutEncrypted(ctx, key, pyPK, v); err != nil {
 			t.Fatal(err)

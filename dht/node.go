@@ -116,6 +116,8 @@ type Node struct {
 	global    rate
 	srcs      map[netip.AddrPort]*source
 	stats     Stats
+
+	wake chan struct{} // signalled when Tick has work sooner than NextTick said
 }
 
 // New makes a node that sends through tr. Feed it datagrams with
@@ -137,6 +139,7 @@ func New(cfg Config, tr Transport) (*Node, error) {
 		rates:     map[netip.Addr]*rate{},
 		srcs:      map[netip.AddrPort]*source{},
 		bootDelay: 10 * time.Second,
+		wake:      make(chan struct{}, 1),
 	}
 	var b [4]byte
 	cfg.Random(b[:])
@@ -355,4 +358,49 @@ func (n *Node) WaitReady(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// Wake is signalled when Tick should run before the delay NextTick
+// returned, such as when the first node answered a bootstrap ping.
+func (n *Node) Wake() <-chan struct{} { return n.wake }
+
+func (n *Node) wakeLocked() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// NextTick returns how long until Tick has something to do (a retransmit,
+// a listen refresh, maintenance), at most a second: a UDP node sleeps that
+// long instead of waking at a fixed rate.
+func (n *Node) NextTick() time.Duration {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	now := n.now()
+	next := now.Add(time.Second)
+	earlier := func(t time.Time) {
+		if !t.IsZero() && t.Before(next) {
+			next = t
+		}
+	}
+	for _, r := range n.reqs {
+		earlier(r.next)
+	}
+	for _, p := range n.partials {
+		earlier(p.last.Add(rxPartTimeout))
+	}
+	for _, l := range n.listens {
+		earlier(l.nextRes)
+		for _, ln := range l.nodes {
+			earlier(ln.refreshed.Add(listenRefresh))
+		}
+	}
+	earlier(n.nextMaint)
+	earlier(n.selfLook)
+	if len(n.boot) > 0 && n.tab.len() == 0 {
+		earlier(n.bootNext)
+	}
+	earlier(n.tok.rotateAt)
+	return max(next.Sub(now), 5*time.Millisecond)
 }

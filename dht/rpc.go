@@ -243,6 +243,14 @@ func (n *Node) rateOK(from netip.AddrPort, now time.Time) bool {
 }
 
 func (n *Node) processLocked(m *wire.Message, from netip.AddrPort, src *source, size int, now time.Time) {
+	if n.tab.len() == 0 {
+		// The first node we hear of: start maintenance (our own lookup) now.
+		defer func() {
+			if n.tab.len() > 0 {
+				n.wakeLocked()
+			}
+		}()
+	}
 	switch m.Kind {
 	case wire.KindReply, wire.KindError:
 		r := n.reqs[m.TID]

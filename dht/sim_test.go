@@ -47,6 +47,7 @@ type simNet struct {
 	nextIP    uint32
 	steps     int
 	onLost    func(simPkt)
+	busy      map[netip.AddrPort]bool // nodes that may have timers due
 }
 
 type simPkt struct {
@@ -61,6 +62,7 @@ type simTransport struct {
 
 func (t simTransport) Send(b []byte, to netip.AddrPort) error {
 	t.net.queue = append(t.net.queue, simPkt{b, t.self, to})
+	t.net.busy[t.self] = true // a node that sends may have requests to retry
 	return nil
 }
 
@@ -69,6 +71,7 @@ func newSimNet(seed uint64) *simNet {
 		clock:  &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)},
 		rng:    rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		nodes:  map[netip.AddrPort]*Node{},
+		busy:   map[netip.AddrPort]bool{},
 		nextIP: 10<<24 | 1,
 	}
 }
@@ -123,22 +126,40 @@ func (s *simNet) run() {
 	s.queue = s.queue[:0:0]
 }
 
-// advance moves time and runs the timers of the nodes that have requests
-// or lookups in progress; every 40th call (10 s of 250 ms steps), and any
-// step of a second or more, runs every node's timers.
+// advance moves time and runs the timers of the nodes that sent something
+// and still have requests, lookups or listens in progress; every 240th call
+// (a minute of 250 ms steps), and any step of a second or more, runs every
+// node's timers, maintenance included.
 func (s *simNet) advance(d time.Duration) {
 	s.clock.Add(d)
 	s.steps++
-	all := s.steps%40 == 0 || d >= time.Second
-	for _, n := range s.nodes {
-		n.mu.Lock()
-		busy := len(n.reqs) > 0 || len(n.searches) > 0 || len(n.partials) > 0 || len(n.listens) > 0
-		n.mu.Unlock()
-		if all || busy {
+	all := s.steps%240 == 0 || d >= time.Second
+	if all {
+		for a, n := range s.nodes {
 			n.Tick()
+			s.busy[a] = true
+		}
+	} else {
+		for a := range s.busy {
+			if n := s.nodes[a]; n != nil {
+				n.Tick()
+			}
 		}
 	}
 	s.run()
+	for a := range s.busy {
+		n := s.nodes[a]
+		if n == nil {
+			delete(s.busy, a)
+			continue
+		}
+		n.mu.Lock()
+		idle := len(n.reqs) == 0 && len(n.searches) == 0 && len(n.partials) == 0 && len(n.listens) == 0
+		n.mu.Unlock()
+		if idle {
+			delete(s.busy, a)
+		}
+	}
 }
 
 func (s *simNet) random() *Node { return s.nodes[s.addrs[s.rng.IntN(len(s.addrs))]] }
@@ -212,9 +233,9 @@ func TestSimulation(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("DEL_DHT_SIM_NODES")); err == nil && v > 0 {
 		size = v
 	}
-	trials := 100
+	trials, churnTrials := 100, 100
 	if size >= 5000 {
-		trials = 1000
+		trials, churnTrials = 1000, 500
 	}
 	s := newSimNet(1)
 	runtime.GC()
@@ -242,13 +263,16 @@ func TestSimulation(t *testing.T) {
 	// Churn: replace 30 % of the nodes while lookups go on.
 	var churn simStats
 	replaced := 0
-	for i := 0; i < trials; i++ {
-		for replaced < (i+1)*size*3/10/trials {
+	for i := 0; i < churnTrials; i++ {
+		for replaced < (i+1)*size*3/10/churnTrials {
 			s.remove(s.rng.IntN(len(s.addrs)))
 			s.add(t)
 			replaced++
 		}
 		s.trial(t, &churn)
+		if (i+1)%100 == 0 && size >= 5000 {
+			t.Logf("churn progress: %d trials, %d replaced, %s", i+1, replaced, &churn)
+		}
 	}
 	t.Logf("with %d of %d nodes replaced: %s", replaced, size, &churn)
 

@@ -9,11 +9,9 @@ import (
 	"time"
 )
 
-// tickInterval is how often a UDP node runs its timers.
-const tickInterval = 50 * time.Millisecond
-
 // UDPNode is a Node that owns a UDP socket: one goroutine reads datagrams,
-// one runs the timers; Close stops both and waits for them.
+// one runs the timers (sleeping until the next one is due, at most 1 s);
+// Close stops both and waits for them.
 type UDPNode struct {
 	*Node
 	conn *net.UDPConn
@@ -74,15 +72,18 @@ func (u *UDPNode) readLoop() {
 
 func (u *UDPNode) tickLoop() {
 	defer u.wg.Done()
-	t := time.NewTicker(tickInterval)
+	t := time.NewTimer(u.Node.NextTick())
 	defer t.Stop()
 	for {
 		select {
 		case <-u.stop:
 			return
 		case <-t.C:
-			u.Node.Tick()
+		case <-u.Node.Wake():
+			t.Stop()
 		}
+		u.Node.Tick()
+		t.Reset(u.Node.NextTick())
 	}
 }
 

@@ -1,0 +1,47 @@
+package dht
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/del-share/del/dht/wire"
+)
+
+// BenchmarkPutGet: one put and one get of a 200-byte value on a loopback
+// network of 20 Go nodes (UDP), from two client nodes.
+func BenchmarkPutGet(b *testing.B) {
+	var nodes []*UDPNode
+	for i := 0; i < 22; i++ {
+		u, err := ListenUDP(Config{}, "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer u.Close()
+		if i > 0 {
+			u.Bootstrap(nodes[0].Addr())
+		}
+		nodes = append(nodes, u)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) && (nodes[20].Stats().Nodes < 15 || nodes[21].Stats().Nodes < 15) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var key wire.ID
+		for j := range key {
+			key[j] = byte(rand.UintN(256))
+		}
+		v := &wire.Value{Data: make([]byte, 200)}
+		if _, err := nodes[20].Put(ctx, key, v); err != nil {
+			b.Fatal(err)
+		}
+		r, err := nodes[21].Get(ctx, key, nil)
+		if err != nil || len(r.Values) != 1 {
+			b.Fatalf("get: %v", err)
+		}
+	}
+}

@@ -1,0 +1,297 @@
+// Command dhtbench measures put, get and listen on a loopback network of
+// `del dht run` processes and on the same network of `dhtnode` processes,
+// in the same run and with the same client (two Go nodes of package dht
+// joined to the network), and prints the figures side by side.
+//
+// It must run inside a private network namespace (scripts/bench-dht does
+// `unshare -n`), because dhtnode binds every interface; every address used
+// is 127.0.0.1.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/del-share/del/dht"
+	"github.com/del-share/del/dht/wire"
+)
+
+type result struct {
+	name                     string
+	nodes                    int
+	put, get, getFirst, lstn []time.Duration
+	found, gets              int
+	putMsgs, getMsgs         []int
+	cpuPerOp                 time.Duration
+	privPerNode              float64 // kB, median RssAnon
+	perValue                 float64 // bytes of private memory per stored value
+	failed                   int
+}
+
+func main() {
+	nodes := flag.Int("nodes", 50, "nodes per network")
+	ops := flag.Int("ops", 200, "operations of each kind")
+	delBin := flag.String("del", "del", "path of the del binary")
+	only := flag.String("only", "", "run only this implementation (del or dhtnode)")
+	flag.Parse()
+	if os.Getenv("DEL_DHT_NETNS") == "" {
+		fmt.Fprintln(os.Stderr, "dhtbench: run me through scripts/bench-dht (inside unshare -n)")
+		os.Exit(2)
+	}
+	var results []*result
+	for _, impl := range []string{"del", "dhtnode"} {
+		if *only != "" && *only != impl {
+			continue
+		}
+		r, err := bench(impl, *delBin, *nodes, *ops)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "dhtbench %s: %v\n", impl, err)
+			os.Exit(1)
+		}
+		results = append(results, r)
+	}
+	report(results, *ops)
+}
+
+func freePort() int {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+func startNode(impl, delBin string, port int, boot string) (*exec.Cmd, error) {
+	var cmd *exec.Cmd
+	if impl == "del" {
+		args := []string{"dht", "run", "--listen", fmt.Sprintf("127.0.0.1:%d", port)}
+		if boot != "" {
+			args = append(args, "--bootstrap", boot)
+		}
+		cmd = exec.Command(delBin, args...)
+		cmd.Env = append(os.Environ(), "DEL_HOME="+os.TempDir()+"/dhtbench-nohome", "GOMAXPROCS="+os.Getenv("BENCH_GOMAXPROCS"))
+	} else {
+		args := []string{"-s", "-p", strconv.Itoa(port)}
+		if boot != "" {
+			args = append(args, "-b", boot)
+		}
+		cmd = exec.Command("dhtnode", args...)
+	}
+	return cmd, cmd.Start()
+}
+
+// procStat returns CPU time and private (anonymous) memory of a process.
+func procStat(pid int) (cpu time.Duration, rssAnonKB int) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err == nil {
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
+		ut, _ := strconv.Atoi(f[11])
+		st, _ := strconv.Atoi(f[12])
+		cpu = time.Duration(ut+st) * time.Second / 100
+	}
+	st, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err == nil {
+		sc := bufio.NewScanner(st)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "RssAnon:"); ok {
+				rssAnonKB, _ = strconv.Atoi(strings.Fields(v)[0])
+			}
+		}
+		st.Close()
+	}
+	return cpu, rssAnonKB
+}
+
+func netStats(cmds []*exec.Cmd) (cpu time.Duration, anon []int) {
+	for _, c := range cmds {
+		cc, a := procStat(c.Process.Pid)
+		cpu += cc
+		anon = append(anon, a)
+	}
+	return cpu, anon
+}
+
+func bench(impl, delBin string, n, ops int) (*result, error) {
+	r := &result{name: impl, nodes: n}
+	p0 := freePort()
+	boot := fmt.Sprintf("127.0.0.1:%d", p0)
+	var cmds []*exec.Cmd
+	defer func() {
+		for _, c := range cmds {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		port := p0
+		b := boot
+		if i > 0 {
+			port = freePort()
+		} else {
+			b = ""
+		}
+		c, err := startNode(impl, delBin, port, b)
+		if err != nil {
+			return nil, err
+		}
+		cmds = append(cmds, c)
+		if i == 0 {
+			time.Sleep(200 * time.Millisecond) // let the first node bind
+		}
+	}
+	bootAddr := netip.MustParseAddrPort(boot)
+	var clients []*dht.UDPNode
+	for i := 0; i < 2; i++ {
+		c, err := dht.ListenUDP(dht.Config{}, "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		c.Bootstrap(bootAddr)
+		clients = append(clients, c)
+	}
+	// Let the network settle: the clients must know a good part of it.
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) && (clients[0].Stats().Nodes < min(n, 24) || clients[1].Stats().Nodes < min(n, 24)) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(5 * time.Second)
+	cpu0, anon0 := netStats(cmds)
+	slices.Sort(anon0)
+	r.privPerNode = float64(anon0[len(anon0)/2])
+	sum0 := 0
+	for _, a := range anon0 {
+		sum0 += a
+	}
+
+	ctx := context.Background()
+	a, b := clients[0], clients[1]
+	payload := make([]byte, 200)
+	for i := 0; i < ops; i++ {
+		var key wire.ID
+		for j := range key {
+			key[j] = byte(rand.UintN(256))
+		}
+		for j := range payload {
+			payload[j] = byte('a' + rand.UintN(26))
+		}
+		v := &wire.Value{Data: append([]byte{}, payload...)}
+		octx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		t0 := time.Now()
+		pr, err := a.Put(octx, key, v)
+		r.put = append(r.put, time.Since(t0))
+		if err != nil {
+			r.failed++
+		} else {
+			r.putMsgs = append(r.putMsgs, pr.Messages)
+		}
+		t0 = time.Now()
+		gr, err := b.Get(octx, key, nil)
+		r.get = append(r.get, time.Since(t0))
+		r.gets++
+		if err == nil {
+			r.getMsgs = append(r.getMsgs, gr.Messages)
+			for _, g := range gr.Values {
+				if g.ID == v.ID {
+					r.found++
+				}
+			}
+		}
+		cancel()
+	}
+	cpu1, anon1 := netStats(cmds)
+	sum1 := 0
+	for _, a := range anon1 {
+		sum1 += a
+	}
+	r.perValue = float64(sum1-sum0) * 1024 / float64(ops)
+	r.cpuPerOp = (cpu1 - cpu0) / time.Duration(2*ops)
+
+	// Listen: B listens on a fresh key, A puts there; time from the start
+	// of the put to B's event.
+	for i := 0; i < ops/4; i++ {
+		key := wire.HashKey(fmt.Sprintf("listen-%s-%d-%d", impl, i, rand.Uint64()))
+		lctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		events, err := b.Listen(lctx, key, nil)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		// The listen is in place once its lookup ended and listens went out.
+		time.Sleep(300 * time.Millisecond)
+		t0 := time.Now()
+		go a.Put(lctx, key, &wire.Value{Data: []byte("listen me")})
+		select {
+		case <-events:
+			r.lstn = append(r.lstn, time.Since(t0))
+		case <-lctx.Done():
+		}
+		cancel()
+		for range events {
+		}
+	}
+	return r, nil
+}
+
+func pct(d []time.Duration, p float64) string {
+	if len(d) == 0 {
+		return "-"
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := min(len(s)-1, int(p*float64(len(s))))
+	return fmt.Sprintf("%.2f", float64(s[i].Microseconds())/1000)
+}
+
+func medInt(a []int) string {
+	if len(a) == 0 {
+		return "-"
+	}
+	s := slices.Clone(a)
+	slices.Sort(s)
+	return strconv.Itoa(s[len(s)/2])
+}
+
+func report(rs []*result, ops int) {
+	fmt.Printf("\nDHT benchmark: %d puts and gets of 200-byte values, %d listens; client = 2 Go nodes; loopback in a private netns\n", ops, ops/4)
+	fmt.Printf("%-36s", "")
+	for _, r := range rs {
+		fmt.Printf("%22s", fmt.Sprintf("%s x%d", r.name, r.nodes))
+	}
+	fmt.Println()
+	row := func(label string, f func(r *result) string) {
+		fmt.Printf("%-36s", label)
+		for _, r := range rs {
+			fmt.Printf("%22s", f(r))
+		}
+		fmt.Println()
+	}
+	lat := func(d func(r *result) []time.Duration) func(r *result) string {
+		return func(r *result) string {
+			return fmt.Sprintf("%s / %s / %s", pct(d(r), 0.5), pct(d(r), 0.9), pct(d(r), 0.99))
+		}
+	}
+	row("put ms (median / p90 / p99)", lat(func(r *result) []time.Duration { return r.put }))
+	row("get ms (median / p90 / p99)", lat(func(r *result) []time.Duration { return r.get }))
+	row("listen: put→event ms", lat(func(r *result) []time.Duration { return r.lstn }))
+	row("gets that returned the value", func(r *result) string { return fmt.Sprintf("%d/%d", r.found, r.gets) })
+	row("failed puts", func(r *result) string { return strconv.Itoa(r.failed) })
+	row("messages per put (median)", func(r *result) string { return medInt(r.putMsgs) })
+	row("messages per get (median)", func(r *result) string { return medInt(r.getMsgs) })
+	row("network CPU per op, ms", func(r *result) string { return fmt.Sprintf("%.2f", float64(r.cpuPerOp.Microseconds())/1000) })
+	row("private memory per node (RssAnon)", func(r *result) string { return fmt.Sprintf("%.1f MB", r.privPerNode/1024) })
+	row("private memory per stored value", func(r *result) string { return fmt.Sprintf("%.0f B", r.perValue) })
+}
