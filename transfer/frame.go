@@ -142,3 +142,12 @@ func (fr *FrameReader) Next() (typ byte, payload []byte, err error) {
 	}
 	return typ, fr.buf, nil
 }
+
+// Take hands the buffer holding the last payload to the caller, who now owns
+// it, and gives the reader repl to use from now on. It lets a payload be
+// passed to another goroutine without a copy.
+func (fr *FrameReader) Take(repl []byte) []byte {
+	b := fr.buf
+	fr.buf = repl[:0]
+	return b
+}

@@ -13,10 +13,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
-	"github.com/zeebo/blake3"
 )
 
 // ErrRefused is returned (wrapped) by Receive when it declined the offer,
@@ -83,7 +83,8 @@ type fileState struct {
 	want     bool
 	offset   int64  // bytes already held in the partial file
 	partial  string // partial file, relative to the root
-	h        *blake3.Hasher
+	h        *blockHasher
+	prefix   string // content hash of the first offset bytes
 	started  bool
 	finished bool
 }
@@ -197,7 +198,7 @@ func (r *receiver) run(ctx context.Context) (*Report, error) {
 		if s := &r.state[i]; s.want {
 			w := Want{I: i, Offset: s.offset}
 			if s.offset > 0 {
-				w.Prefix = hex.EncodeToString(s.h.Sum(nil))
+				w.Prefix = s.prefix
 			}
 			dec.Want = append(dec.Want, w)
 		}
@@ -274,7 +275,7 @@ func (r *receiver) plan(info *OfferInfo) string {
 					conflicts = append(conflicts, e.Path+" exists and is not a regular file")
 					continue
 				}
-				if !e.IsStream() && fi.Size() == e.Size && r.sameContent(name, e.Hash) {
+				if !e.IsStream() && fi.Size() == e.Size && r.sameContent(name, e.Size, e.Hash) {
 					info.Skip++
 					continue
 				}
@@ -290,17 +291,12 @@ func (r *receiver) plan(info *OfferInfo) string {
 				continue
 			}
 			st.partial = partialName(e.Path, e.Hash[:16])
-			st.h = blake3.New()
+			st.h = newBlockHasher()
 			if pf, err := root.Open(filepath.FromSlash(st.partial)); err == nil {
-				n, herr := hashReader(context.Background(), st.h, pf, e.Size)
+				st.offset, st.prefix = resumePoint(st.h, pf, e)
 				pf.Close()
-				if herr == nil && n > 0 {
-					st.offset = n
-					info.Move -= n
-					info.Resume += n
-				} else {
-					st.h.Reset()
-				}
+				info.Move -= st.offset
+				info.Resume += st.offset
 			}
 		}
 	}
@@ -318,17 +314,39 @@ func (r *receiver) plan(info *OfferInfo) string {
 	return ""
 }
 
-func (r *receiver) sameContent(name, hash string) bool {
+func (r *receiver) sameContent(name string, size int64, hash string) bool {
 	f, err := r.root.Open(name)
 	if err != nil {
 		return false
 	}
 	defer f.Close()
-	h := blake3.New()
-	if _, err := hashReader(context.Background(), h, f, -1); err != nil {
+	blocks, err := hashBlocks(context.Background(), f, size)
+	if err != nil {
 		return false
 	}
-	return hex.EncodeToString(h.Sum(nil)) == hash
+	root := rootOf(blocks, size)
+	return hex.EncodeToString(root[:]) == hash
+}
+
+// resumePoint reads a partial copy into h and returns how much of it can be
+// kept and the content hash of that prefix: the whole file if it is all
+// there, else its whole blocks (a torn last block is dropped).
+func resumePoint(h *blockHasher, f io.Reader, e *Entry) (int64, string) {
+	n, err := io.Copy(h, io.LimitReader(f, e.Size))
+	if err != nil {
+		h.Reset()
+		return 0, ""
+	}
+	if n == e.Size {
+		return n, h.Sum()
+	}
+	h.blocks = h.blocks[:n/BlockSize]
+	h.cur.Reset()
+	h.inCur, h.size = 0, int64(len(h.blocks))*BlockSize
+	if len(h.blocks) == 0 {
+		return 0, ""
+	}
+	return h.size, prefixHash(h.blocks)
 }
 
 // makeTree creates the offered directories and symlinks.
@@ -404,8 +422,12 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 	cur := -1
 	var f *os.File
 	var written int64
-	var streamHash *blake3.Hasher
+	var streamHash *blockHasher
+	var out *sink
 	defer func() {
+		if out != nil {
+			out.finish()
+		}
 		if f != nil {
 			f.Close()
 			if cur >= 0 && r.entries[cur].IsStream() {
@@ -413,6 +435,10 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			}
 		}
 	}()
+	free := make(chan []byte, sinkDepth)
+	for range sinkDepth {
+		free <- make([]byte, 0, DataChunk)
+	}
 	for {
 		typ, payload, err := r.fr.Next()
 		if err != nil {
@@ -434,18 +460,12 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			if e.Size >= 0 && written+int64(len(payload)) > e.Size {
 				return r.fail(fmt.Errorf("transfer: sender sent more than %d bytes for %s", e.Size, e.Path))
 			}
-			if f != nil {
-				if _, err := f.Write(payload); err != nil {
-					return r.fail(fmt.Errorf("write %s: %w", e.Path, err))
-				}
-			} else if _, err := r.opts.Stdout.Write(payload); err != nil {
-				return r.fail(fmt.Errorf("write to stdout: %w", err))
+			if err := out.err(); err != nil {
+				return r.fail(err)
 			}
-			if streamHash != nil {
-				streamHash.Write(payload)
-			} else {
-				r.state[cur].h.Write(payload)
-			}
+			// The payload goes to the sink goroutine (disk and hash) while
+			// this one reads the next frame.
+			out.ch <- r.fr.Take(<-free)
 			written += int64(len(payload))
 			rep.Bytes += int64(len(payload))
 			if rep.FirstData == 0 {
@@ -471,13 +491,20 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			e := &r.entries[cur]
 			streamHash = nil
 			if e.IsStream() || r.opts.Stdout != nil {
-				streamHash = blake3.New()
+				streamHash = newBlockHasher()
 			}
+			var dst io.Writer = r.opts.Stdout
 			if r.opts.Stdout == nil {
 				if f, err = r.openPartial(st, fs.Offset); err != nil {
 					return r.fail(err)
 				}
+				dst = f
 			}
+			var h io.Writer = st.h
+			if streamHash != nil {
+				h = streamHash
+			}
+			out = newSink(dst, h, free, e.Path)
 			rep.Resumed += fs.Offset
 			r.pr.FileBegin(e.Path, e.Size, fs.Offset)
 		case FrameFileEnd:
@@ -490,11 +517,16 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			}
 			e := &r.entries[cur]
 			st := &r.state[cur]
+			werr := out.finish()
+			out = nil
+			if werr != nil {
+				return r.fail(werr)
+			}
 			var sum string
 			if streamHash != nil {
-				sum = hex.EncodeToString(streamHash.Sum(nil))
+				sum = streamHash.Sum()
 			} else {
-				sum = hex.EncodeToString(st.h.Sum(nil))
+				sum = st.h.Sum()
 			}
 			want := e.Hash
 			if e.IsStream() {
@@ -641,4 +673,60 @@ func FormatBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// sinkDepth is how many DATA payloads may wait for the disk.
+const sinkDepth = 6
+
+// sink hashes and writes one file's data in two goroutines of its own, a
+// pipeline: the payload of frame i is hashed while frame i-1 is written and
+// frame i+1 is read and decrypted.
+type sink struct {
+	ch   chan []byte
+	done chan struct{}
+	free chan<- []byte
+
+	mu   sync.Mutex
+	werr error
+}
+
+func newSink(w, h io.Writer, free chan<- []byte, name string) *sink {
+	s := &sink{ch: make(chan []byte, sinkDepth), done: make(chan struct{}), free: free}
+	hashed := make(chan []byte, sinkDepth)
+	go func() {
+		defer close(hashed)
+		for b := range s.ch {
+			h.Write(b)
+			hashed <- b
+		}
+	}()
+	go func() {
+		defer close(s.done)
+		for b := range hashed {
+			if s.err() == nil {
+				if _, err := w.Write(b); err != nil {
+					s.mu.Lock()
+					s.werr = fmt.Errorf("write %s: %w", name, err)
+					s.mu.Unlock()
+				}
+			}
+			s.free <- b
+		}
+	}()
+	return s
+}
+
+// err reports the first write error so far.
+func (s *sink) err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.werr
+}
+
+// finish waits until everything queued is hashed and written and returns
+// the first write error.
+func (s *sink) finish() error {
+	close(s.ch)
+	<-s.done
+	return s.err()
 }

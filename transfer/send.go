@@ -2,14 +2,13 @@ package transfer
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
-	"github.com/zeebo/blake3"
 )
 
 // ErrDeclined is returned (wrapped) when the receiver refuses the offer.
@@ -191,10 +190,9 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 		readErr <- s.readResults(results, &summary, len(dec.Want))
 	}()
 
-	buf := make([]byte, HeaderSize+DataChunk)
 	var sendErr error
 	for _, w := range dec.Want {
-		if sendErr = s.sendFile(ctx, w, buf, rep); sendErr != nil {
+		if sendErr = s.sendFile(ctx, w, rep); sendErr != nil {
 			break
 		}
 	}
@@ -281,7 +279,7 @@ func (s *sender) expect(typ byte, v any) error {
 	return unmarshal(t, payload, v)
 }
 
-func (s *sender) sendFile(ctx context.Context, w Want, buf []byte, rep *Report) error {
+func (s *sender) sendFile(ctx context.Context, w Want, rep *Report) error {
 	e := &s.src.Entries[w.I]
 	var r io.Reader
 	offset := int64(0)
@@ -293,19 +291,15 @@ func (s *sender) sendFile(ctx context.Context, w Want, buf []byte, rep *Report) 
 			return err
 		}
 		defer f.Close()
-		if w.Offset > 0 && w.Offset <= e.Size {
-			// Resume only if the receiver's prefix is ours.
-			h := blake3.New()
-			n, err := hashReader(ctx, h, f, w.Offset)
-			if err != nil {
-				return fmt.Errorf("hash %s: %w", s.src.local[w.I], err)
-			}
-			if n == w.Offset && hex.EncodeToString(h.Sum(nil)) == w.Prefix {
-				offset = w.Offset
-			}
-			if _, err := f.Seek(offset, io.SeekStart); err != nil {
-				return err
-			}
+		// Resume only if the receiver's prefix is ours: compared through
+		// the block digests, without reading the prefix again.
+		if k := w.Offset / BlockSize; w.Offset == e.Size && w.Prefix == e.Hash {
+			offset = w.Offset
+		} else if w.Offset > 0 && w.Offset%BlockSize == 0 && int(k) <= len(s.src.blocks[w.I]) && prefixHash(s.src.blocks[w.I][:k]) == w.Prefix {
+			offset = w.Offset
+		}
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			return err
 		}
 		r = f
 	}
@@ -314,27 +308,33 @@ func (s *sender) sendFile(ctx context.Context, w Want, buf []byte, rep *Report) 
 	}
 	rep.Resumed += offset
 	s.pr.FileBegin(e.Path, e.Size, offset)
-	var h *blake3.Hasher
+	var h *blockHasher
 	if e.IsStream() {
-		h = blake3.New()
+		h = newBlockHasher()
 	}
+
 	sent := offset
-	for {
-		n, rerr := io.ReadFull(r, buf[HeaderSize:])
+	var hw io.Writer // not h itself: a nil *Hasher in an interface is not nil
+	if h != nil {
+		hw = h
+	}
+	chunks, stop := prefetch(r, hw)
+	defer stop()
+	// The stream's hash (h) is complete once chunks is closed.
+	for c := range chunks {
+		n := c.n
 		if n > 0 {
 			if e.Size >= 0 && sent+int64(n) > e.Size {
 				return fmt.Errorf("%s grew while being sent", e.Path)
 			}
-			if h != nil {
-				h.Write(buf[HeaderSize : HeaderSize+n])
-			}
-			AppendHeader(buf[:0], FrameData, n)
+			AppendHeader(c.buf[:0], FrameData, n)
 			if rep.FirstData == 0 {
 				rep.FirstData = time.Since(s.start)
 			}
-			if _, err := s.conn.Write(buf[:HeaderSize+n]); err != nil {
+			if _, err := s.conn.Write(c.buf[:HeaderSize+n]); err != nil {
 				return err
 			}
+			c.release()
 			sent += int64(n)
 			rep.Bytes += int64(n)
 			s.pr.Advance(int64(n))
@@ -342,11 +342,8 @@ func (s *sender) sendFile(ctx context.Context, w Want, buf []byte, rep *Report) 
 				return err
 			}
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("read %s: %w", e.Path, rerr)
+		if c.err != nil {
+			return fmt.Errorf("read %s: %w", e.Path, c.err)
 		}
 		if err := ctx.Err(); err != nil {
 			return err
@@ -354,7 +351,7 @@ func (s *sender) sendFile(ctx context.Context, w Want, buf []byte, rep *Report) 
 	}
 	end := FileEnd{I: w.I, Size: sent, Hash: e.Hash}
 	if e.IsStream() {
-		end.Hash = hex.EncodeToString(h.Sum(nil))
+		end.Hash = h.Sum()
 	} else if sent != e.Size {
 		return fmt.Errorf("%s shrank while being sent (%d of %d bytes)", e.Path, sent, e.Size)
 	}
@@ -371,5 +368,67 @@ func abort(conn any) {
 	}
 	if c, ok := conn.(io.Closer); ok {
 		c.Close()
+	}
+}
+
+// chunk is one block read ahead by prefetch, with room for a frame header
+// before the data (buf[HeaderSize:HeaderSize+n]).
+type chunk struct {
+	buf     []byte
+	n       int
+	err     error // read error other than end of file
+	release func()
+}
+
+// prefetchDepth is how many chunks are read ahead of the network.
+const prefetchDepth = 4
+
+// prefetch reads r in a goroutine, DataChunk bytes at a time, feeding h (if
+// not nil) as it goes, so that disk reads and hashing overlap with sending.
+// The channel closes at end of file or after a chunk carrying an error.
+// stop ends the goroutine early and waits for it.
+func prefetch(r io.Reader, h io.Writer) (<-chan chunk, func()) {
+	out := make(chan chunk)
+	free := make(chan []byte, prefetchDepth)
+	for range prefetchDepth {
+		free <- make([]byte, HeaderSize+DataChunk)
+	}
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(out)
+		for {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-quit:
+				return
+			}
+			n, err := io.ReadFull(r, buf[HeaderSize:])
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				err = nil
+				if n == 0 {
+					return
+				}
+			}
+			if h != nil && n > 0 {
+				h.Write(buf[HeaderSize : HeaderSize+n])
+			}
+			c := chunk{buf: buf, n: n, err: err, release: func() { free <- buf }}
+			select {
+			case out <- c:
+			case <-quit:
+				return
+			}
+			if err != nil || n < DataChunk {
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return out, func() {
+		once.Do(func() { close(quit) })
+		<-done
 	}
 }

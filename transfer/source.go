@@ -3,7 +3,6 @@ package transfer
 import (
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/zeebo/blake3"
 )
 
 // Source is what a sender offers: the entries, and where each one's content
@@ -21,6 +19,8 @@ type Source struct {
 	Entries []Entry
 	// local[i] is the file behind Entries[i] ("" for dirs and symlinks).
 	local []string
+	// blocks[i] are the block digests of Entries[i]'s content hash.
+	blocks [][][32]byte
 	// stream is the reader behind a stream entry.
 	stream io.Reader
 }
@@ -55,6 +55,7 @@ func StreamSource(name string, r io.Reader) (*Source, error) {
 	return &Source{
 		Entries: []Entry{{Path: name, Kind: KindFile, Size: -1, Mode: 0o644}},
 		local:   []string{""},
+		blocks:  [][][32]byte{nil},
 		stream:  r,
 	}, nil
 }
@@ -113,8 +114,7 @@ func Scan(ctx context.Context, paths []string, hashed func(n int64)) (*Source, e
 			}
 			switch {
 			case d.IsDir():
-				src.Entries = append(src.Entries, Entry{Path: rp, Kind: KindDir, Mode: uint32(info.Mode().Perm()), MTime: info.ModTime().UnixNano()})
-				src.local = append(src.local, "")
+				src.add(Entry{Path: rp, Kind: KindDir, Mode: uint32(info.Mode().Perm()), MTime: info.ModTime().UnixNano()}, "", nil)
 			case info.Mode().IsRegular():
 				return src.addFile(ctx, fp, rp, info, hashed)
 			case info.Mode()&fs.ModeSymlink != 0:
@@ -126,8 +126,7 @@ func Scan(ctx context.Context, paths []string, hashed func(n int64)) (*Source, e
 				if j := path.Join(path.Dir(rp), t); CheckSymlink(rp, t) != nil || (j != name && !strings.HasPrefix(j, name+"/")) {
 					return fmt.Errorf("%s is a symlink to %s, outside the tree being sent", fp, target)
 				}
-				src.Entries = append(src.Entries, Entry{Path: rp, Kind: KindSymlink, Mode: 0o777, Target: t})
-				src.local = append(src.local, "")
+				src.add(Entry{Path: rp, Kind: KindSymlink, Mode: 0o777, Target: t}, "", nil)
 			default:
 				return fmt.Errorf("%s: cannot send a %s", fp, info.Mode().Type())
 			}
@@ -143,63 +142,36 @@ func Scan(ctx context.Context, paths []string, hashed func(n int64)) (*Source, e
 	return src, nil
 }
 
+func (s *Source) add(e Entry, local string, blocks [][32]byte) {
+	s.Entries = append(s.Entries, e)
+	s.local = append(s.local, local)
+	s.blocks = append(s.blocks, blocks)
+}
+
 func (s *Source) addFile(ctx context.Context, local, rel string, st fs.FileInfo, hashed func(int64)) error {
-	sum, n, err := hashFile(ctx, local, -1)
+	f, err := os.Open(local)
 	if err != nil {
 		return err
 	}
-	if n != st.Size() {
-		return fmt.Errorf("%s changed size while being hashed", local)
+	blocks, err := hashBlocks(ctx, f, st.Size())
+	f.Close()
+	if err != nil {
+		return err
+	}
+	after, err := os.Stat(local)
+	if err != nil {
+		return err
+	}
+	if after.Size() != st.Size() || !after.ModTime().Equal(st.ModTime()) {
+		return fmt.Errorf("%s changed while being hashed", local)
 	}
 	if hashed != nil {
-		hashed(n)
+		hashed(st.Size())
 	}
-	s.Entries = append(s.Entries, Entry{
-		Path: rel, Kind: KindFile, Size: n, Mode: uint32(st.Mode().Perm()),
-		MTime: st.ModTime().UnixNano(), Hash: sum,
-	})
-	s.local = append(s.local, local)
+	root := rootOf(blocks, st.Size())
+	s.add(Entry{
+		Path: rel, Kind: KindFile, Size: st.Size(), Mode: uint32(st.Mode().Perm()),
+		MTime: st.ModTime().UnixNano(), Hash: hex.EncodeToString(root[:]),
+	}, local, blocks)
 	return nil
-}
-
-// hashFile returns the hex BLAKE3-256 of the first limit bytes of a file (the
-// whole file if limit < 0) and how many bytes were hashed.
-func hashFile(ctx context.Context, name string, limit int64) (string, int64, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := blake3.New()
-	n, err := hashReader(ctx, h, f, limit)
-	if err != nil {
-		return "", n, fmt.Errorf("hash %s: %w", name, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
-}
-
-// hashReader feeds up to limit bytes of r (all if limit < 0) into h,
-// checking ctx between blocks.
-func hashReader(ctx context.Context, h io.Writer, r io.Reader, limit int64) (int64, error) {
-	buf := make([]byte, 1<<20)
-	var total int64
-	for limit < 0 || total < limit {
-		if err := ctx.Err(); err != nil {
-			return total, err
-		}
-		b := buf
-		if limit >= 0 && int64(len(b)) > limit-total {
-			b = b[:limit-total]
-		}
-		n, err := r.Read(b)
-		h.Write(b[:n])
-		total += int64(n)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return total, err
-		}
-	}
-	return total, nil
 }

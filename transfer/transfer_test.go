@@ -299,11 +299,11 @@ func (c *cutConn) Write(p []byte) (int, error) {
 
 func TestResumeAfterCut(t *testing.T) {
 	in := t.TempDir()
-	data := randomBytes(t, 10*DataChunk+123)
+	data := randomBytes(t, 3*BlockSize+123)
 	writeFile(t, filepath.Join(in, "big.iso"), data, 0o644)
 	out := t.TempDir()
 	send, recv := run(t, scan(t, filepath.Join(in, "big.iso")), ReceiveOptions{Dir: out, Decide: accept}, func(c net.Conn) net.Conn {
-		return &cutConn{Conn: c, limit: 4*DataChunk + 1000}
+		return &cutConn{Conn: c, limit: 2*BlockSize + 5000}
 	})
 	if send.err == nil || recv.err == nil {
 		t.Fatalf("a cut connection must fail both sides: send %v, receive %v", send.err, recv.err)
@@ -324,7 +324,9 @@ func TestResumeAfterCut(t *testing.T) {
 	if send.err != nil || recv.err != nil {
 		t.Fatalf("resume: send %v, receive %v", send.err, recv.err)
 	}
-	if recv.rep.Resumed != st.Size() || send.rep.Bytes != int64(len(data))-st.Size() {
+	// Whole blocks of the partial copy are kept; a torn last block is not.
+	kept := st.Size() / BlockSize * BlockSize
+	if kept == 0 || recv.rep.Resumed != kept || send.rep.Bytes != int64(len(data))-kept {
 		t.Fatalf("resumed %d and moved %d bytes; partial had %d of %d", recv.rep.Resumed, send.rep.Bytes, st.Size(), len(data))
 	}
 	got, _ := os.ReadFile(filepath.Join(out, "big.iso"))
@@ -338,12 +340,12 @@ func TestResumeAfterCut(t *testing.T) {
 
 func TestResumeWithForeignPartialStartsOver(t *testing.T) {
 	in := t.TempDir()
-	data := randomBytes(t, 3*DataChunk)
+	data := randomBytes(t, 2*BlockSize)
 	writeFile(t, filepath.Join(in, "f"), data, 0o644)
 	src := scan(t, filepath.Join(in, "f"))
 	out := t.TempDir()
-	// A partial copy whose bytes are not the sender's.
-	writeFile(t, filepath.Join(out, partialName("f", src.Entries[0].Hash[:16])), randomBytes(t, 1000), 0o600)
+	// A partial copy, one whole block long, whose bytes are not the sender's.
+	writeFile(t, filepath.Join(out, partialName("f", src.Entries[0].Hash[:16])), randomBytes(t, BlockSize+1000), 0o600)
 	send, recv := run(t, src, ReceiveOptions{Dir: out, Decide: accept}, nil)
 	if send.err != nil || recv.err != nil {
 		t.Fatalf("send %v, receive %v", send.err, recv.err)

@@ -349,7 +349,7 @@ func TestCLIResumeAfterReceiverKilled(t *testing.T) {
 		}
 		filepath.WalkDir(inbox, func(p string, d fs.DirEntry, err error) error {
 			if err == nil && strings.HasSuffix(p, ".delpart") {
-				if fi, err := d.Info(); err == nil && fi.Size() >= 4<<20 {
+				if fi, err := d.Info(); err == nil && fi.Size() >= 6<<20 {
 					partial = p
 				}
 			}

@@ -1,0 +1,62 @@
+package transfer
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/zeebo/blake3"
+)
+
+// contentHash computes the documented content hash the plain way.
+func contentHash(data []byte) string {
+	top := blake3.New()
+	top.Write([]byte("del/blocks/v1"))
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(data)))
+	top.Write(n[:])
+	for off := 0; off < len(data); off += BlockSize {
+		d := blake3.Sum256(data[off:min(off+BlockSize, len(data))])
+		top.Write(d[:])
+	}
+	return hex.EncodeToString(top.Sum(nil))
+}
+
+func TestContentHashAgrees(t *testing.T) {
+	dir := t.TempDir()
+	for _, size := range []int{0, 1, BlockSize - 1, BlockSize, BlockSize + 1, 3*BlockSize + 77} {
+		data := randomBytes(t, size)
+		want := contentHash(data)
+		// Streaming, in odd pieces.
+		h := newBlockHasher()
+		for rest := data; len(rest) > 0; {
+			k := min(len(rest), 1+len(rest)/3)
+			h.Write(rest[:k])
+			rest = rest[k:]
+		}
+		if got := h.Sum(); got != want {
+			t.Fatalf("size %d: streaming %s, want %s", size, got, want)
+		}
+		// Parallel, from a file.
+		p := filepath.Join(dir, "f")
+		os.WriteFile(p, data, 0o644)
+		f, _ := os.Open(p)
+		blocks, err := hashBlocks(context.Background(), f, int64(size))
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := rootOf(blocks, int64(size)); hex.EncodeToString(r[:]) != want {
+			t.Fatalf("size %d: parallel %x, want %s", size, r, want)
+		}
+		// A prefix of whole blocks hashes like a file of that prefix.
+		if k := size / BlockSize; k > 0 {
+			if got, want := prefixHash(blocks[:k]), contentHash(data[:k*BlockSize]); got != want {
+				t.Fatalf("size %d: prefix %s, want %s", size, got, want)
+			}
+		}
+	}
+}
