@@ -16,7 +16,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
 )
 
 // ErrRefused is returned (wrapped) by Receive when it declined the offer,

@@ -8,7 +8,6 @@ import (
 	"os"
 	"sync"
 	"time"
-
 )
 
 // ErrDeclined is returned (wrapped) when the receiver refuses the offer.

@@ -10,7 +10,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-
 )
 
 // Source is what a sender offers: the entries, and where each one's content
