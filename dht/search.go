@@ -30,6 +30,7 @@ type cand struct {
 	state candState
 	token []byte
 	tid   uint32
+	hop   int // 1 for nodes from our table, n+1 for nodes named by a hop-n node
 }
 
 // search is an iterative Kademlia lookup of target. It asks the closest
@@ -43,7 +44,8 @@ type search struct {
 	cands   []*cand
 	done    bool
 	started bool
-	// Stats of the lookup.
+	// Stats of the lookup: rounds is the deepest hop that answered (the
+	// length of the longest chain of referrals), messages the requests sent.
 	rounds, messages int
 
 	onValues func(from *cand, vals []*wire.Value, fields *wire.Fields)
@@ -60,17 +62,17 @@ func (n *Node) startSearchLocked(target wire.ID, method wire.Method, q *wire.Que
 
 func (s *search) seed(n *Node) {
 	for _, p := range n.tab.closest(s.target, searchNodes, 0) {
-		s.add(p.id, p.addr)
+		s.add(p.id, p.addr, 1)
 	}
 }
 
-func (s *search) add(id wire.ID, addr netip.AddrPort) {
+func (s *search) add(id wire.ID, addr netip.AddrPort, hop int) {
 	for _, c := range s.cands {
 		if c.id == id {
 			return
 		}
 	}
-	s.cands = append(s.cands, &cand{id: id, addr: addr})
+	s.cands = append(s.cands, &cand{id: id, addr: addr, hop: hop})
 	slices.SortStableFunc(s.cands, func(a, b *cand) int { return distCmp(s.target)(a.id, b.id) })
 	if len(s.cands) > searchNodes {
 		// Drop the farthest that is not waiting for an answer.
@@ -97,7 +99,6 @@ func (s *search) stepLocked(n *Node, now time.Time) {
 			inflight++
 		}
 	}
-	sent := false
 	for _, c := range s.cands {
 		if inflight >= alpha {
 			break
@@ -105,11 +106,7 @@ func (s *search) stepLocked(n *Node, now time.Time) {
 		if c.state == candNew {
 			s.sendLocked(n, c)
 			inflight++
-			sent = true
 		}
-	}
-	if sent {
-		s.rounds++
 	}
 	// Done when the k closest non-failed candidates all answered.
 	good, pending := 0, false
@@ -185,8 +182,9 @@ func (s *search) sendLocked(n *Node, c *cand) {
 			}
 			c.state = candReplied
 			c.token = r.Token
+			s.rounds = max(s.rounds, c.hop)
 			for _, nd := range n.learnLocked(r, c.addr, n.now()) {
-				s.add(nd.ID, nd.Addr)
+				s.add(nd.ID, nd.Addr, c.hop+1)
 			}
 			if s.onValues != nil && (len(r.Values) > 0 || r.Fields != nil) {
 				s.onValues(c, r.Values, r.Fields)
