@@ -1,12 +1,18 @@
 package dht
 
 import (
+	"crypto/rsa"
+	"encoding/hex"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/del-share/del/dht/wire"
+	"github.com/del-share/del/identity"
 	"github.com/del-share/del/internal/testkeys"
+	"github.com/tinylib/msgp/msgp"
 )
 
 func TestSignedEditPolicy(t *testing.T) {
@@ -133,5 +139,38 @@ func TestRSAOnlyForSmallPlaintext(t *testing.T) {
 	p, err := rsaDecrypt(bob.Key, c)
 	if err != nil || string(p) != "tiny" {
 		t.Fatalf("%q %v", p, err)
+	}
+}
+
+// A certificate with a negative serial number (GnuTLS makes them half of the
+// time; this one was published by python3-opendht) still yields its key and
+// id, which crypto/x509 alone refuses.
+func TestCertificateNegativeSerial(t *testing.T) {
+	h, err := os.ReadFile("testdata/opendht-cert-negative-serial.msgpack.hex")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := hex.DecodeString(strings.TrimSpace(string(h)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemBytes, _, err := msgp.ReadBytesZC(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := identity.ParseCertPEM(pemBytes); err == nil {
+		t.Log("crypto/x509 now accepts negative serial numbers")
+	}
+	v := &wire.Value{ID: 1, Type: TypeCertificate, Data: data}
+	cert, err := ParseCertificateValue(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := wire.ParseID("d474497adcb98a4d35ee09ba5bec1e1124bf417e")
+	if wire.ID(identity.IDOfCert(cert)) != want || !storable(want, v) {
+		t.Fatalf("key id %s, want %s", identity.IDOfCert(cert), want)
+	}
+	if _, ok := cert.PublicKey.(*rsa.PublicKey); !ok {
+		t.Fatalf("public key %T", cert.PublicKey)
 	}
 }

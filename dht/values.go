@@ -9,6 +9,8 @@ import (
 	"crypto/sha1"
 	"crypto/sha512"
 	"crypto/x509"
+	"encoding/asn1"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
@@ -234,5 +236,55 @@ func ParseCertificateValue(v *wire.Value) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certificate value: %w", err)
 	}
-	return identity.ParseCertPEM(pemBytes)
+	cert, err := identity.ParseCertPEM(pemBytes)
+	if err == nil {
+		return cert, nil
+	}
+	// GnuTLS gives certificates random serial numbers, negative half of the
+	// time, which crypto/x509 refuses. The key is all we need: read the
+	// SubjectPublicKeyInfo out of the DER ourselves.
+	blk, _ := pem.Decode(pemBytes)
+	if blk == nil {
+		return nil, err
+	}
+	spki, serr := certSPKI(blk.Bytes)
+	if serr != nil {
+		return nil, fmt.Errorf("%v; reading its key: %w", err, serr)
+	}
+	pub, perr := x509.ParsePKIXPublicKey(spki)
+	if perr != nil {
+		return nil, perr
+	}
+	return &x509.Certificate{Raw: blk.Bytes, RawSubjectPublicKeyInfo: spki, PublicKey: pub, PublicKeyAlgorithm: x509.RSA}, nil
+}
+
+// certSPKI returns the DER SubjectPublicKeyInfo of a certificate:
+// Certificate = SEQUENCE { tbs SEQUENCE { [0] version OPTIONAL, serial,
+// signature, issuer, validity, subject, subjectPublicKeyInfo, … }, … }.
+func certSPKI(der []byte) ([]byte, error) {
+	var outer asn1.RawValue
+	if _, err := asn1.Unmarshal(der, &outer); err != nil {
+		return nil, err
+	}
+	var tbs asn1.RawValue
+	if _, err := asn1.Unmarshal(outer.Bytes, &tbs); err != nil {
+		return nil, err
+	}
+	rest := tbs.Bytes
+	var fields []asn1.RawValue
+	for len(rest) > 0 && len(fields) < 8 {
+		var f asn1.RawValue
+		var err error
+		if rest, err = asn1.Unmarshal(rest, &f); err != nil {
+			return nil, err
+		}
+		fields = append(fields, f)
+	}
+	if len(fields) > 0 && fields[0].Class == asn1.ClassContextSpecific && fields[0].Tag == 0 {
+		fields = fields[1:]
+	}
+	if len(fields) < 6 {
+		return nil, errors.New("short TBSCertificate")
+	}
+	return fields[5].FullBytes, nil
 }
