@@ -216,8 +216,11 @@ func benchTransfer(args []string) error {
 		sort.Slice(ss, func(a, b int) bool { return ss[a].secs < ss[b].secs })
 		m := ss[len(ss)/2]
 		results[c.name] = m
-		fmt.Printf("%-20s %8.1f MB/s  %6.2f s  cpu %5.2f s  peak RSS sender %4d MiB receiver %4d MiB\n",
-			c.name, float64(*size)/m.secs/1e6, m.secs, m.cpu, m.sendRSS/1024, m.recv/1024)
+		rss := fmt.Sprintf("peak RSS sender %4d MiB receiver %4d MiB", m.sendRSS/1024, m.recv/1024)
+		if m.sendRSS == 0 {
+			rss = "peak RSS not measured"
+		}
+		fmt.Printf("%-20s %8.1f MB/s  %6.2f s  cpu %5.2f s  %s\n", c.name, float64(*size)/m.secs/1e6, m.secs, m.cpu, rss)
 	}
 	d := results["del send/receive"]
 	for _, ref := range []string{"plain TCP copy", "bare TLS 1.3 copy", "croc --no-compress"} {
@@ -288,30 +291,46 @@ func runCroc(croc, src, out string) (sample, error) {
 	if err != nil {
 		return sample{}, err
 	}
+	logs, err := os.MkdirTemp("", "delbench-croc-")
+	if err != nil {
+		return sample{}, err
+	}
+	defer os.RemoveAll(logs)
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return sample{}, err
 	}
 	script := fmt.Sprintf(`set -e
 ip link set lo up
 cd %[3]q
-%[1]s relay --host 127.0.0.1 --ports 9009,9010,9011,9012,9013 >/dev/null 2>&1 &
+%[1]s relay --host 127.0.0.1 --ports 9009,9010,9011,9012,9013 >%[4]q/relay.log 2>&1 &
 relay=$!
 sleep 0.5
 export CROC_SECRET=del-bench-code-4821
-start=$(date +%%s.%%N)
-%[1]s --relay 127.0.0.1:9009 --no-compress --yes send --no-local %[2]q >/dev/null 2>&1 &
+%[1]s --relay 127.0.0.1:9009 --no-compress --yes send --no-local %[2]q >%[4]q/send.log 2>&1 &
 snd=$!
-timeout 600 %[1]s --relay 127.0.0.1:9009 --yes --overwrite >/dev/null 2>&1
+# The receiver starts once the sender is in its room (after hashing the
+# file): croc's time excludes its sender's set-up, which favours croc.
+for i in $(seq 600); do grep -q "On the other computer" %[4]q/send.log && break; sleep 0.05; done
+start=$(date +%%s.%%N)
+timeout 600 %[1]s --relay 127.0.0.1:9009 --yes --overwrite >%[4]q/recv.log 2>&1
 wait $snd
 end=$(date +%%s.%%N)
-kill $relay
+kill $relay || true
 echo "start $start"
 echo "end $end"
-`, croc, src, out)
+`, croc, src, out, logs)
 	cmd := exec.Command("unshare", "-n", "bash", "-c", script)
 	b, err := cmd.CombinedOutput()
 	if err != nil {
-		return sample{}, fmt.Errorf("croc: %v: %s", err, b)
+		var tails []string
+		for _, f := range []string{"relay.log", "send.log", "recv.log"} {
+			t, _ := os.ReadFile(filepath.Join(logs, f))
+			if len(t) > 600 {
+				t = t[len(t)-600:]
+			}
+			tails = append(tails, f+": "+string(t))
+		}
+		return sample{}, fmt.Errorf("croc: %v: %s\n%s", err, b, strings.Join(tails, "\n"))
 	}
 	var start, end float64
 	for _, l := range strings.Split(string(b), "\n") {
