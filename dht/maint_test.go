@@ -301,3 +301,42 @@ func TestPutRules(t *testing.T) {
 		t.Fatalf("unsigned value was edited: %+v", vals)
 	}
 }
+
+// An announced value outlives its TTL: the publisher puts it again before
+// it expires. A value put once is gone after its TTL.
+func TestAnnounceRefreshes(t *testing.T) {
+	s := newSimNet(9)
+	for i := 0; i < 8; i++ {
+		s.add(t)
+	}
+	pub := s.nodes[s.addrs[2]]
+	kept, once := wire.HashKey("kept"), wire.HashKey("once")
+	pub.mu.Lock()
+	pub.announceLocked(kept, &wire.Value{Data: []byte("kept")})
+	done := false
+	pub.putLocked(once, &wire.Value{Data: []byte("once")}, func(*PutResult, error) { done = true })
+	pub.mu.Unlock()
+	s.waitOp(func() bool { return done })
+	start := s.clock.Now()
+	for s.clock.Now().Sub(start) < 25*time.Minute {
+		s.advance(5 * time.Second)
+	}
+	get := func(key wire.ID) int {
+		var res *GetResult
+		g := s.nodes[s.addrs[6]]
+		g.mu.Lock()
+		g.getLocked(key, nil, func(r *GetResult, _ error) { res = r })
+		g.mu.Unlock()
+		s.waitOp(func() bool { return res != nil })
+		if res == nil {
+			t.Fatal("get did not finish")
+		}
+		return len(res.Values)
+	}
+	if n := get(kept); n != 1 {
+		t.Fatalf("announced value: %d values after 25 min", n)
+	}
+	if n := get(once); n != 0 {
+		t.Fatalf("value put once still there after 25 min (%d)", n)
+	}
+}

@@ -107,6 +107,7 @@ type Node struct {
 	partials  map[partialKey]*partial
 	searches  map[*search]struct{}
 	listens   map[uint32]*listenOp
+	announces map[*announcement]struct{}
 	boot      []netip.AddrPort
 	bootNext  time.Time
 	bootDelay time.Duration
@@ -136,6 +137,7 @@ func New(cfg Config, tr Transport) (*Node, error) {
 		partials:  map[partialKey]*partial{},
 		searches:  map[*search]struct{}{},
 		listens:   map[uint32]*listenOp{},
+		announces: map[*announcement]struct{}{},
 		rates:     map[netip.Addr]*rate{},
 		srcs:      map[netip.AddrPort]*source{},
 		bootDelay: 10 * time.Second,
@@ -273,6 +275,11 @@ func (n *Node) Tick() {
 	for s := range n.searches {
 		s.stepLocked(n, now)
 	}
+	for a := range n.announces {
+		if a.op == nil && !a.next.IsZero() && !now.Before(a.next) {
+			n.reannounceLocked(a)
+		}
+	}
 	n.maintainLocked(now)
 }
 
@@ -395,6 +402,9 @@ func (n *Node) NextTick() time.Duration {
 		for _, ln := range l.nodes {
 			earlier(ln.refreshed.Add(listenRefresh))
 		}
+	}
+	for a := range n.announces {
+		earlier(a.next)
 	}
 	earlier(n.nextMaint)
 	earlier(n.selfLook)

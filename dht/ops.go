@@ -227,33 +227,58 @@ func (n *Node) putLocked(key wire.ID, v *wire.Value, done func(*PutResult, error
 	return op
 }
 
-// Announce puts v and puts it again before it expires, until ctx ends.
-// Re-putting an identical value refreshes it on the storing nodes, and the
-// new lookup follows nodes joining and leaving.
+// Announce puts v and keeps it alive until ctx ends: the node puts it
+// again 30 s before its TTL runs out (10 s after a failed put). Re-putting
+// an identical value refreshes it on the storing nodes, and each new lookup
+// follows nodes joining and leaving.
 func (n *Node) Announce(ctx context.Context, key wire.ID, v *wire.Value) error {
-	every := TTL(v.Type) - 30*time.Second
-	if every < 20*time.Second {
-		every = TTL(v.Type) / 2
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return ErrClosed
 	}
-	for {
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_, err := n.Put(pctx, key, v)
-		cancel()
-		if ctx.Err() != nil {
-			return nil
+	a := n.announceLocked(key, v)
+	n.mu.Unlock()
+	<-ctx.Done()
+	n.mu.Lock()
+	delete(n.announces, a)
+	if a.op != nil {
+		a.op.cancelLocked(n)
+	}
+	n.mu.Unlock()
+	return nil
+}
+
+type announcement struct {
+	key  wire.ID
+	v    *wire.Value
+	next time.Time
+	op   *putOp
+}
+
+func (n *Node) announceLocked(key wire.ID, v *wire.Value) *announcement {
+	if v.ID == 0 {
+		v.ID = n.randUint64() | 1
+	}
+	a := &announcement{key: key, v: v}
+	n.announces[a] = struct{}{}
+	n.reannounceLocked(a)
+	return a
+}
+
+func (n *Node) reannounceLocked(a *announcement) {
+	a.next = time.Time{}
+	a.op = n.putLocked(a.key, a.v, func(_ *PutResult, err error) {
+		a.op = nil
+		every := TTL(a.v.Type) - 30*time.Second
+		if every < 20*time.Second {
+			every = TTL(a.v.Type) / 2
 		}
 		if err != nil {
-			n.log.Warn("dht announce", "key", key, "err", err)
-			every = min(every, 10*time.Second)
+			every = 10 * time.Second
 		}
-		t := time.NewTimer(every)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-	}
+		a.next = n.now().Add(every)
+	})
 }
 
 // PutSigned signs v with the node's identity and puts it.
