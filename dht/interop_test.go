@@ -348,6 +348,17 @@ func TestInteropOpenDHT(t *testing.T) {
 
 	t.Run("Fragmented3KB", func(t *testing.T) {
 		key := wire.HashKey("del-interop-big")
+		// Both sides listen first: the values reach them in fragmented
+		// update pushes.
+		lctx, lcancel := context.WithCancel(ctx)
+		defer lcancel()
+		goEvents, err := gos[1].Listen(lctx, key, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := py.call(t, map[string]any{"op": "listen", "key": key.String()}); m["ok"] != true {
+			t.Fatalf("python listen: %v", m)
+		}
 		goData := bytes.Repeat([]byte("go-3k-"), 500)
 		if _, err := gos[0].Put(ctx, key, &wire.Value{Data: goData}); err != nil {
 			t.Fatal(err)
@@ -375,6 +386,29 @@ func TestInteropOpenDHT(t *testing.T) {
 		}
 		if got != 2 {
 			t.Errorf("Go got %d of the 2 big values", got)
+		}
+		heard := map[string]bool{}
+		for len(heard) < 2 {
+			select {
+			case ev := <-goEvents:
+				heard[string(ev.Value.Data[:6])] = bytes.Equal(ev.Value.Data, goData) || bytes.Equal(ev.Value.Data, pyData)
+			case <-time.After(20 * time.Second):
+				t.Fatalf("Go listener heard %v", heard)
+			}
+		}
+		pyHeard := map[string]bool{}
+		for len(pyHeard) < 2 {
+			select {
+			case ev := <-py.events:
+				if ev["key"] == key.String() {
+					pyHeard[ev["data"].(string)] = true
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("python listener heard %d values", len(pyHeard))
+			}
+		}
+		if !pyHeard[hex.EncodeToString(goData)] || !pyHeard[hex.EncodeToString(pyData)] || !heard["go-3k-"] || !heard["py-3k-"] {
+			t.Fatalf("listeners heard wrong values: Go %v", heard)
 		}
 	})
 
