@@ -52,6 +52,10 @@ type Config struct {
 	Logf func(format string, args ...any)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+
+	// connHook, set by tests only, wraps every pair connection (to simulate
+	// latency); dialed tells whether we opened it.
+	connHook func(c net.Conn, dialed bool) net.Conn
 }
 
 func (c *Config) setDefaults() {

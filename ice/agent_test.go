@@ -33,6 +33,13 @@ func connectPair(t *testing.T, ca, cb Config) (ra, rb result) {
 // a's description before b sees it.
 func connectAgents(t *testing.T, ca, cb Config, edit func(*Description)) (ra, rb result) {
 	t.Helper()
+	return connectAgentsThen(t, ca, cb, edit, nil)
+}
+
+// connectAgentsThen also runs then(b's conn) in b's goroutine as soon as
+// b's Connect returns.
+func connectAgentsThen(t *testing.T, ca, cb Config, edit func(*Description), then func(*Conn)) (ra, rb result) {
+	t.Helper()
 	if testing.Verbose() {
 		ca.Logf, cb.Logf = t.Logf, t.Logf
 	}
@@ -69,6 +76,9 @@ func connectAgents(t *testing.T, ca, cb Config, edit func(*Description)) (ra, rb
 	ch := make(chan result, 1)
 	go func() {
 		c, rep, err := b.Connect(ctx, da2)
+		if err == nil && then != nil {
+			then(c)
+		}
 		ch <- result{c, rep, err}
 	}()
 	c, rep, err := a.Connect(ctx, db2)

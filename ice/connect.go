@@ -63,6 +63,7 @@ type event struct {
 	pair *Pair
 	c    net.Conn
 	err  error
+	ack  chan struct{} // evMessage: closed by the loop once handled
 }
 
 // txn is an outstanding check.
@@ -218,6 +219,9 @@ func (r *run) loop() (*Pair, error) {
 			r.addConn(ac.c, ac.local, nil)
 		case ev := <-r.events:
 			r.handle(ev)
+			if ev.ack != nil {
+				close(ev.ack)
+			}
 		case <-r.ctx.Done():
 			return nil, fmt.Errorf("%w: %w (%s)", ErrNoPath, context.Cause(r.ctx), r.summary())
 		case <-r.a.ctx.Done():
@@ -359,6 +363,9 @@ func (r *run) send(p *Pair, pc *pconn, now time.Time) {
 
 // addConn registers a connection and starts its reader.
 func (r *run) addConn(c net.Conn, local Candidate, p *Pair) *pconn {
+	if r.a.cfg.connHook != nil {
+		c = r.a.cfg.connHook(c, p != nil)
+	}
 	ra := addrPortOf(c.RemoteAddr())
 	pc := &pconn{
 		c: c, br: bufio.NewReaderSize(c, 2+MaxFrame+16), local: local, pair: p,
@@ -408,12 +415,22 @@ func (r *run) read(pc *pconn) {
 		default:
 			ev = event{kind: evMessage, pc: pc, msg: m}
 		}
+		if ev.kind == evMessage {
+			// The loop acknowledges each message once handled: whether the
+			// next non-STUN frame is data (trusted) or garbage depends on it.
+			ev.ack = make(chan struct{})
+		}
 		select {
 		case r.events <- ev:
 		case <-r.ctx.Done():
 			return
 		}
 		if ev.kind != evMessage {
+			return
+		}
+		select {
+		case <-ev.ack:
+		case <-r.ctx.Done():
 			return
 		}
 	}
