@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/del-share/del/gitp2p"
+	"github.com/del-share/del/identity"
+	"github.com/del-share/del/internal/config"
+	"github.com/del-share/del/peer"
+	"github.com/spf13/cobra"
+)
+
+func init() { commands = append(commands, newGitCmd) }
+
+func newGitCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "git",
+		Short: "Share git repositories with other devices (clone with del://<peer-id>/<repo>)",
+	}
+	cmd.AddCommand(newGitShareCmd(), newGitUnshareCmd(), newGitListCmd(), newGitServeCmd())
+	return cmd
+}
+
+func sharesFile() (string, error) {
+	home, err := config.Home()
+	if err != nil {
+		return "", err
+	}
+	return gitp2p.SharesFile(home), nil
+}
+
+func newGitShareCmd() *cobra.Command {
+	var (
+		name  string
+		push  []string
+		force bool
+	)
+	cmd := &cobra.Command{
+		Use:   "share PATH [--name N] [--allow-push <peer-id>...]",
+		Short: "Let peers fetch a repository (and push, for the peers granted)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			repo, err := gitp2p.OpenRepo(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			path, err := filepath.Abs(args[0])
+			if err != nil {
+				return err
+			}
+			if name == "" {
+				name = gitp2p.DefaultName(path)
+			}
+			var ids []string
+			for _, p := range push {
+				id, err := identity.ParseID(p)
+				if err != nil {
+					return fmt.Errorf("--allow-push %q: %w", p, err)
+				}
+				ids = append(ids, id.String())
+			}
+			file, err := sharesFile()
+			if err != nil {
+				return err
+			}
+			shares, err := gitp2p.LoadShares(file)
+			if err != nil {
+				return err
+			}
+			if err := shares.Add(gitp2p.Share{Name: name, Path: path, Push: ids, Force: force}); err != nil {
+				return err
+			}
+			if err := shares.Save(file); err != nil {
+				return err
+			}
+			kind := "work tree"
+			if repo.Bare {
+				kind = "bare"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "shared %s (%s) as %q\n", path, kind, name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "name peers use in del://<peer-id>/<name> (default: the folder name)")
+	cmd.Flags().StringSliceVar(&push, "allow-push", nil, "peer id allowed to push (repeatable)")
+	cmd.Flags().BoolVar(&force, "allow-force", false, "let the push peers also force-push and delete refs")
+	return cmd
+}
+
+func newGitUnshareCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "unshare NAME",
+		Short: "Stop sharing a repository",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			file, err := sharesFile()
+			if err != nil {
+				return err
+			}
+			shares, err := gitp2p.LoadShares(file)
+			if err != nil {
+				return err
+			}
+			if !shares.Remove(args[0]) {
+				return fmt.Errorf("no share named %q", args[0])
+			}
+			if err := shares.Save(file); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "unshared %q\n", args[0])
+			return nil
+		},
+	}
+}
+
+func newGitListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List this device's shared repositories: NAME PATH [push:ID,...] [force]",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			file, err := sharesFile()
+			if err != nil {
+				return err
+			}
+			shares, err := gitp2p.LoadShares(file)
+			if err != nil {
+				return err
+			}
+			for _, s := range shares.Shares {
+				line := s.Name + "\t" + s.Path
+				if len(s.Push) > 0 {
+					line += "\tpush:" + strings.Join(s.Push, ",")
+				}
+				if s.Force {
+					line += "\tforce"
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), line)
+			}
+			return nil
+		},
+	}
+}
+
+func newGitServeCmd() *cobra.Command {
+	var listen string
+	cmd := &cobra.Command{
+		Use:   "serve --listen HOST:PORT",
+		Short: "Serve the shared repositories in the foreground",
+		Long: `Serve the shared repositories until stopped. Prints
+"listening <peer-id>@<host>:<port>" once ready; peers then run
+git clone del://<peer-id>@<host>:<port>/<name>. Shares added or removed
+while it runs apply at the next request.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if listen == "" {
+				return errors.New("going online through the DHT is not wired in yet: use --listen HOST:PORT")
+			}
+			ident, err := loadIdentity(cmd)
+			if err != nil {
+				return err
+			}
+			file, err := sharesFile()
+			if err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "listening %s@%s\n", ident.ID, ln.Addr())
+			srv := &gitServer{ident: ident, policy: gitp2p.FilePolicy(file), log: func(format string, a ...any) {
+				fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", a...)
+			}}
+			return srv.serve(ctx, ln)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "", "HOST:PORT to listen on (port 0 picks a free one)")
+	return cmd
+}
+
+// gitServer accepts links and serves git channels on them. It owns one
+// goroutine per link and per channel and waits for all of them.
+type gitServer struct {
+	ident  *identity.Identity
+	policy gitp2p.Policy
+	log    func(format string, a ...any)
+	wg     sync.WaitGroup
+}
+
+func (s *gitServer) serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		ln.Close()
+		s.wg.Wait()
+	}()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveLink(ctx, conn)
+		}()
+	}
+}
+
+func (s *gitServer) serveLink(ctx context.Context, conn net.Conn) {
+	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	link, err := peer.Server(hctx, conn, peer.Config{Identity: s.ident})
+	cancel()
+	if err != nil {
+		s.log("ignored a connection from %s: %v", conn.RemoteAddr(), err)
+		return
+	}
+	defer link.Close()
+	stop := context.AfterFunc(ctx, func() { link.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		name, ch, err := link.Accept(ctx)
+		if err != nil {
+			return
+		}
+		repo, ok := strings.CutPrefix(name, gitp2p.ChannelPrefix)
+		if !ok {
+			s.log("%s opened channel %q: not a git channel", link.Remote, name)
+			ch.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := gitp2p.Serve(ctx, ch, link.Remote, repo, s.policy); err != nil {
+				s.log("git %s for %s: %v", repo, link.Remote, err)
+			}
+			// We spoke last (the pack, the report or an ERR packet): let
+			// the client read it all before the channel closes.
+			peer.Finish(ch, 10*time.Second)
+		}()
+	}
+}

@@ -1,0 +1,613 @@
+package main
+
+// End-to-end tests with the real git: the del and git-remote-del binaries
+// are built, `del git serve` runs as a process with its own DEL_HOME, and git
+// runs with the helper on PATH and another DEL_HOME. Loopback only.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/del-share/del/gitp2p"
+	"github.com/del-share/del/identity"
+	"github.com/del-share/del/internal/testenv"
+	"github.com/del-share/del/internal/testkeys"
+	"github.com/del-share/del/peer"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds del and git-remote-del once per test run.
+func binaries(t *testing.T) string {
+	t.Helper()
+	testenv.NeedBinary(t, "git")
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "del-git-e2e-")
+		if buildErr != nil {
+			return
+		}
+		for _, pkg := range []string{"../del", "."} {
+			name := "del"
+			if pkg == "." {
+				name = "git-remote-del"
+			}
+			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+// device is one DEL_HOME with a test identity, and a HOME for git.
+type device struct {
+	t       *testing.T
+	home    string
+	ident   *identity.Identity
+	gitHome string
+}
+
+func newDevice(t *testing.T, key int) *device {
+	dir := t.TempDir()
+	d := &device{t: t, home: filepath.Join(dir, "del"), gitHome: filepath.Join(dir, "home")}
+	d.ident = testkeys.Home(t, d.home, key)
+	os.MkdirAll(d.gitHome, 0o755)
+	return d
+}
+
+func (d *device) env() []string {
+	env := []string{
+		"PATH=" + binaries(d.t) + string(os.PathListSeparator) + os.Getenv("PATH"),
+		"DEL_HOME=" + d.home,
+		"HOME=" + d.gitHome,
+		"GIT_CONFIG_NOSYSTEM=1",
+		"GIT_AUTHOR_NAME=Test", "GIT_AUTHOR_EMAIL=test@example.org",
+		"GIT_COMMITTER_NAME=Test", "GIT_COMMITTER_EMAIL=test@example.org",
+		"LANG=C", "LC_ALL=C",
+	}
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "TMPDIR=") || strings.HasPrefix(kv, "GOCOVERDIR=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// run runs a command in dir as this device and returns its combined output.
+func (d *device) run(dir string, name string, args ...string) (string, error) {
+	if name == "del" {
+		name = filepath.Join(binaries(d.t), "del")
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	cmd.Env = d.env()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.String(), err
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		<-done
+		return out.String(), fmt.Errorf("%s %v timed out", name, args)
+	}
+}
+
+func (d *device) git(dir string, args ...string) string {
+	d.t.Helper()
+	out, err := d.run(dir, "git", args...)
+	if err != nil {
+		d.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+func (d *device) gitEnv(env []string, dir string, args ...string) string {
+	d.t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	cmd.Env = append(d.env(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		d.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func (d *device) gitFails(dir string, args ...string) string {
+	d.t.Helper()
+	out, err := d.run(dir, "git", args...)
+	if err == nil {
+		d.t.Fatalf("git %s succeeded, want a failure\n%s", strings.Join(args, " "), out)
+	}
+	return out
+}
+
+func (d *device) fsck(dir string) {
+	d.t.Helper()
+	d.git(dir, "fsck", "--full", "--strict", "--no-dangling")
+}
+
+// server is a running `del git serve`.
+type server struct {
+	dev    *device
+	target string // <peer-id>@127.0.0.1:<port>
+	stderr *bytes.Buffer
+}
+
+func startServer(t *testing.T, d *device) *server {
+	cmd := exec.Command(filepath.Join(binaries(t), "del"), "git", "serve", "--listen", "127.0.0.1:0")
+	cmd.Env = d.env()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{dev: d, stderr: &bytes.Buffer{}}
+	cmd.Stderr = &lockedWriter{w: s.stderr}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan struct{})
+	go func() { cmd.Wait(); close(waited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-waited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-waited
+		}
+		if t.Failed() {
+			t.Logf("server stderr:\n%s", s.stderr)
+		}
+	})
+	line := make(chan string, 1)
+	go func() {
+		l, _ := bufio.NewReader(stdout).ReadString('\n')
+		line <- l
+		io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case l := <-line:
+		m := regexp.MustCompile(`^listening ([0-9a-f]{40}@127\.0\.0\.1:\d+)\n$`).FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("server said %q", l)
+		}
+		s.target = m[1]
+	case <-time.After(30 * time.Second):
+		t.Fatal("server did not print its address")
+	}
+	return s
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (s *server) url(repo string) string { return "del://" + s.target + "/" + repo }
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// makeRepo creates a repository with two branches, a merge, annotated and
+// lightweight tags and binary files; HEAD is main.
+func makeRepo(t *testing.T, d *device) string {
+	dir := filepath.Join(t.TempDir(), "project")
+	d.git("", "init", "-q", "-b", "main", dir)
+	writeFile(t, filepath.Join(dir, "README"), []byte("hello\n"))
+	writeFile(t, filepath.Join(dir, "bin", "blob.bin"), randomBytes(64<<10))
+	d.git(dir, "add", ".")
+	d.git(dir, "commit", "-q", "-m", "first")
+	d.git(dir, "tag", "-a", "v1", "-m", "version 1")
+	d.git(dir, "checkout", "-q", "-b", "dev")
+	for i := 0; i < 3; i++ {
+		writeFile(t, filepath.Join(dir, "dev.txt"), []byte(strings.Repeat(fmt.Sprintf("dev %d\n", i), 100)))
+		d.git(dir, "add", ".")
+		d.git(dir, "commit", "-q", "-m", fmt.Sprintf("dev %d", i))
+	}
+	d.git(dir, "checkout", "-q", "main")
+	writeFile(t, filepath.Join(dir, "main.txt"), []byte("main\n"))
+	writeFile(t, filepath.Join(dir, "bin", "other.bin"), randomBytes(10<<10))
+	d.git(dir, "add", ".")
+	d.git(dir, "commit", "-q", "-m", "main work")
+	d.git(dir, "merge", "-q", "--no-ff", "-m", "merge dev", "dev")
+	d.git(dir, "tag", "light")
+	d.git(dir, "tag", "-a", "v2", "-m", "version 2")
+	d.git(dir, "branch", "topic", "dev~1")
+	return dir
+}
+
+// refsOf lists name=oid for the refs under prefix (remote-tracking names
+// mapped back to the server's names).
+func refsOf(d *device, dir string, patterns ...string) string {
+	return d.git(dir, append([]string{"for-each-ref", "--format=%(objectname) %(refname)"}, patterns...)...)
+}
+
+type setup struct {
+	srv      *server
+	owner    *device // the serving device
+	client   *device // granted push
+	stranger *device // may fetch only
+	src      string
+}
+
+func newSetup(t *testing.T, force bool) *setup {
+	binaries(t)
+	s := &setup{owner: newDevice(t, 0), client: newDevice(t, 1), stranger: newDevice(t, 2)}
+	s.src = makeRepo(t, s.owner)
+	args := []string{"git", "share", s.src, "--name", "proj", "--allow-push", s.client.ident.ID.String()}
+	if force {
+		args = append(args, "--allow-force")
+	}
+	if out, err := s.owner.run("", "del", args...); err != nil {
+		t.Fatalf("del git share: %v\n%s", err, out)
+	}
+	s.srv = startServer(t, s.owner)
+	return s
+}
+
+func TestCloneFetchPush(t *testing.T) {
+	s := newSetup(t, false)
+	c := s.client
+	work := t.TempDir()
+	clone := filepath.Join(work, "clone")
+	out := c.git(work, "clone", s.srv.url("proj"), clone)
+	t.Logf("clone: %s", out)
+	// Every branch and tag arrived with the same ids, HEAD is main.
+	want := strings.ReplaceAll(refsOf(s.owner, s.src, "refs/heads"), "refs/heads/", "refs/remotes/origin/")
+	got := refsOf(c, clone, "refs/remotes/origin/main", "refs/remotes/origin/dev", "refs/remotes/origin/topic")
+	if got != want {
+		t.Fatalf("branches:\n%s\nwant:\n%s", got, want)
+	}
+	if got, want := refsOf(c, clone, "refs/tags"), refsOf(s.owner, s.src, "refs/tags"); got != want {
+		t.Fatalf("tags:\n%s\nwant:\n%s", got, want)
+	}
+	if b := c.git(clone, "symbolic-ref", "HEAD"); b != "refs/heads/main" {
+		t.Fatalf("HEAD is %s", b)
+	}
+	if c.git(clone, "cat-file", "-t", "v1") != "tag" || c.git(clone, "cat-file", "-t", "light") != "commit" {
+		t.Fatal("annotated/light tags lost their kind")
+	}
+	if got, want := c.git(clone, "rev-parse", "HEAD^{tree}"), s.owner.git(s.src, "rev-parse", "HEAD^{tree}"); got != want {
+		t.Fatalf("tree %s, want %s", got, want)
+	}
+	c.fsck(clone)
+	s.owner.fsck(s.src)
+
+	// ls-remote lists HEAD, the branches, the tags and the peeled tags.
+	ls := c.git(work, "ls-remote", s.srv.url("proj"))
+	for _, ref := range []string{"HEAD", "refs/heads/dev", "refs/tags/v1", "refs/tags/v1^{}", "refs/tags/light"} {
+		if !regexp.MustCompile(`(?m)^[0-9a-f]{40}\t` + regexp.QuoteMeta(ref) + `$`).MatchString(ls) {
+			t.Fatalf("ls-remote lacks %s:\n%s", ref, ls)
+		}
+	}
+
+	// Incremental fetch: one new commit with a 300 KB incompressible blob
+	// arrives as a pack of exactly its 3 new objects.
+	writeFile(t, filepath.Join(s.src, "bin", "new.bin"), randomBytes(300<<10))
+	s.owner.git(s.src, "add", ".")
+	s.owner.git(s.src, "commit", "-q", "-m", "new blob")
+	// The pack exactly as received (git's GIT_TRACE_PACKFILE) holds only
+	// the 4 new objects: commit, root tree, bin/ tree, blob.
+	trace := filepath.Join(work, "received.pack")
+	c.gitEnv([]string{"GIT_TRACE_PACKFILE=" + trace}, clone, "fetch", "origin")
+	pack, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pack) < 32 || string(pack[:4]) != "PACK" {
+		t.Fatalf("received %d bytes, not a pack", len(pack))
+	}
+	objs := binary.BigEndian.Uint32(pack[8:12])
+	t.Logf("incremental fetch: pack of %d bytes, %d objects", len(pack), objs)
+	if objs != 4 {
+		t.Fatalf("incremental pack has %d objects, want 4 (commit, 2 trees, blob)", objs)
+	}
+	if len(pack) < 300<<10 || len(pack) > 300<<10+2048 {
+		t.Fatalf("incremental pack is %d bytes, want 300 KiB + a little", len(pack))
+	}
+	if got, want := c.git(clone, "rev-parse", "origin/main"), s.owner.git(s.src, "rev-parse", "main"); got != want {
+		t.Fatalf("origin/main %s, want %s", got, want)
+	}
+	c.fsck(clone)
+
+	// pull works too.
+	c.git(clone, "pull", "-q", "--ff-only")
+	if _, err := os.Stat(filepath.Join(clone, "bin", "new.bin")); err != nil {
+		t.Fatal(err)
+	}
+
+	// Fast-forward push to a branch that is not checked out on the server.
+	c.git(clone, "checkout", "-q", "-b", "dev", "origin/dev")
+	writeFile(t, filepath.Join(clone, "pushed.txt"), randomBytes(5000))
+	c.git(clone, "add", ".")
+	c.git(clone, "commit", "-q", "-m", "pushed")
+	c.git(clone, "push", "origin", "dev")
+	if got, want := s.owner.git(s.src, "rev-parse", "dev"), c.git(clone, "rev-parse", "dev"); got != want {
+		t.Fatalf("server dev %s, want %s", got, want)
+	}
+	s.owner.fsck(s.src)
+	c.fsck(clone)
+	// New branch (a creation).
+	c.git(clone, "push", "origin", "dev:refs/heads/feature")
+	if got, want := s.owner.git(s.src, "rev-parse", "feature"), c.git(clone, "rev-parse", "dev"); got != want {
+		t.Fatalf("server feature %s, want %s", got, want)
+	}
+
+	// Non-fast-forward push refused, even forced; the ref does not move.
+	devBefore := s.owner.git(s.src, "rev-parse", "dev")
+	out = c.gitFails(clone, "push", "--force", "origin", "dev~2:dev")
+	if !strings.Contains(out, "non-fast-forward") {
+		t.Fatalf("forced push refused without the reason:\n%s", out)
+	}
+	if s.owner.git(s.src, "rev-parse", "dev") != devBefore {
+		t.Fatal("server dev moved")
+	}
+	// Deleting needs force as well.
+	out = c.gitFails(clone, "push", "origin", ":feature")
+	if !strings.Contains(out, "deletion not allowed") {
+		t.Fatalf("delete refused without the reason:\n%s", out)
+	}
+	// The checked-out branch of a work tree is not pushed to.
+	c.git(clone, "checkout", "-q", "main")
+	c.git(clone, "merge", "-q", "--ff-only", "origin/main")
+	writeFile(t, filepath.Join(clone, "x.txt"), []byte("x\n"))
+	c.git(clone, "add", ".")
+	c.git(clone, "commit", "-q", "-m", "x")
+	out = c.gitFails(clone, "push", "origin", "main")
+	if !strings.Contains(out, "checked out") {
+		t.Fatalf("push to the checked-out branch:\n%s", out)
+	}
+	// An atomic push with one bad update changes nothing.
+	topicBefore := s.owner.git(s.src, "rev-parse", "topic")
+	out = c.gitFails(clone, "push", "--atomic", "--force", "origin", "main:refs/heads/topic2", "dev~3:refs/heads/topic")
+	if !strings.Contains(out, "atomic") {
+		t.Fatalf("atomic push:\n%s", out)
+	}
+	if s.owner.git(s.src, "rev-parse", "topic") != topicBefore {
+		t.Fatal("topic moved")
+	}
+	if o, err := s.owner.run(s.src, "git", "rev-parse", "-q", "--verify", "refs/heads/topic2"); err == nil {
+		t.Fatalf("atomic push created topic2: %s", o)
+	}
+	// Nothing was left in quarantine.
+	if q, _ := filepath.Glob(filepath.Join(s.src, ".git", "objects", "tmp_objdir-incoming-*")); len(q) > 0 {
+		t.Fatalf("quarantine left behind: %v", q)
+	}
+	s.owner.fsck(s.src)
+	c.fsck(clone)
+}
+
+func TestForceGrant(t *testing.T) {
+	s := newSetup(t, true)
+	c := s.client
+	work := t.TempDir()
+	clone := filepath.Join(work, "clone")
+	c.git(work, "clone", "-q", s.srv.url("proj"), clone)
+	want := c.git(clone, "rev-parse", "origin/dev~2")
+	c.git(clone, "push", "--force", "origin", "origin/dev~2:refs/heads/dev")
+	if got := s.owner.git(s.src, "rev-parse", "dev"); got != want {
+		t.Fatalf("forced dev %s, want %s", got, want)
+	}
+	c.git(clone, "push", "origin", ":topic")
+	if o, err := s.owner.run(s.src, "git", "rev-parse", "-q", "--verify", "refs/heads/topic"); err == nil {
+		t.Fatalf("topic not deleted: %s", o)
+	}
+	s.owner.fsck(s.src)
+}
+
+// TestShallowClone runs the same shallow operations over DEL and against
+// git's own upload-pack (file://) and compares the results.
+func TestShallowClone(t *testing.T) {
+	s := newSetup(t, false)
+	c := s.client
+	work := t.TempDir()
+	clone := filepath.Join(work, "clone")
+	ref := filepath.Join(work, "reference")
+	shallowOf := func(dir string) string {
+		b, _ := os.ReadFile(filepath.Join(dir, ".git", "shallow"))
+		l := strings.Fields(string(b))
+		sort.Strings(l)
+		return strings.Join(l, " ")
+	}
+	same := func(step string) {
+		t.Helper()
+		for _, args := range [][]string{{"rev-list", "--count", "HEAD"}, {"rev-list", "--count", "--all"}} {
+			if got, want := c.git(clone, args...), c.git(ref, args...); got != want {
+				t.Fatalf("%s: %v = %s over DEL, %s with git upload-pack", step, args, got, want)
+			}
+		}
+		if got, want := shallowOf(clone), shallowOf(ref); got != want {
+			t.Fatalf("%s: shallow %q over DEL, %q with git upload-pack", step, got, want)
+		}
+		c.fsck(clone)
+	}
+	c.git(work, "clone", "-q", "--depth", "1", s.srv.url("proj"), clone)
+	c.git(work, "clone", "-q", "--depth", "1", "file://"+s.src, ref)
+	if n := c.git(clone, "rev-list", "--count", "HEAD"); n != "1" {
+		t.Fatalf("depth 1 clone has %s commits", n)
+	}
+	same("clone --depth 1")
+	for _, args := range [][]string{
+		{"fetch", "-q", "--depth", "2", "origin", "+refs/heads/*:refs/remotes/origin/*"},
+		{"fetch", "-q", "--deepen", "1"},
+		{"fetch", "-q", "--unshallow"},
+	} {
+		c.git(clone, args...)
+		c.git(ref, args...)
+		same(strings.Join(args, " "))
+	}
+	if _, err := os.Stat(filepath.Join(clone, ".git", "shallow")); err == nil {
+		t.Fatal("shallow file still there after --unshallow")
+	}
+	if got, want := c.git(clone, "rev-list", "--count", "--all"), s.owner.git(s.src, "rev-list", "--count", "--all"); got != want {
+		t.Fatalf("after --unshallow: %s commits, want %s", got, want)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	s := newSetup(t, false)
+	work := t.TempDir()
+	// A device without the grant may fetch but not push.
+	st := s.stranger
+	clone := filepath.Join(work, "clone")
+	st.git(work, "clone", "-q", s.srv.url("proj"), clone)
+	writeFile(t, filepath.Join(clone, "s.txt"), []byte("s\n"))
+	st.git(clone, "add", ".")
+	st.git(clone, "commit", "-q", "-m", "stranger")
+	before := refsOf(s.owner, s.src)
+	out := st.gitFails(clone, "push", "origin", "HEAD:refs/heads/stranger")
+	if !strings.Contains(out, "remote error") || !strings.Contains(out, "may not push") {
+		t.Fatalf("push without grant:\n%s", out)
+	}
+	if refsOf(s.owner, s.src) != before {
+		t.Fatal("refs changed")
+	}
+	// An unknown repository.
+	out = s.client.gitFails(work, "ls-remote", s.srv.url("nope"))
+	if !strings.Contains(out, "not shared") {
+		t.Fatalf("unknown repository:\n%s", out)
+	}
+	// After unshare the repository is gone for everyone.
+	if out, err := s.owner.run("", "del", "git", "unshare", "proj"); err != nil {
+		t.Fatalf("unshare: %v %s", err, out)
+	}
+	out = s.client.gitFails(work, "ls-remote", s.srv.url("proj"))
+	if !strings.Contains(out, "not shared") {
+		t.Fatalf("after unshare:\n%s", out)
+	}
+	// The wrong peer id at the right address is refused by TLS pinning.
+	wrong := strings.Replace(s.srv.url("proj"), s.owner.ident.ID.String(), s.client.ident.ID.String(), 1)
+	out = s.client.gitFails(work, "ls-remote", wrong)
+	if !strings.Contains(out, "expected") {
+		t.Fatalf("wrong peer id:\n%s", out)
+	}
+	// An id-only URL without a configured address says what to do.
+	out = s.client.gitFails(work, "ls-remote", "del://"+s.owner.ident.ID.String()+"/proj")
+	if !strings.Contains(out, "not available yet") {
+		t.Fatalf("id-only URL:\n%s", out)
+	}
+	// ... and works once the address is configured.
+	addr := strings.SplitN(s.srv.target, "@", 2)[1]
+	s.client.git(work, "config", "--global", "del."+s.owner.ident.ID.String()+".address", addr)
+	s.owner.run("", "del", "git", "share", s.src, "--name", "proj")
+	if out := s.client.git(work, "ls-remote", "del://"+s.owner.ident.ID.String()+"/proj"); !strings.Contains(out, "refs/heads/main") {
+		t.Fatalf("id-only URL with configured address:\n%s", out)
+	}
+}
+
+// TestMalformedSession sends broken sessions straight over a DEL channel:
+// each is answered with an ERR packet and a closed channel, and the server
+// keeps serving.
+func TestMalformedSession(t *testing.T) {
+	s := newSetup(t, false)
+	host, port, _ := strings.Cut(strings.SplitN(s.srv.target, "@", 2)[1], ":")
+	addr := net.JoinHostPort(host, port)
+	client := testkeys.Identity(t, 1)
+	adv := func() []byte { // a valid upload-pack request, so the advertisement comes first
+		return gitp2p.AppendRequest(nil, gitp2p.UploadPackService, "proj")
+	}
+	for _, tc := range []struct {
+		name string
+		send []byte
+	}{
+		{"bad length", []byte("zzzzgarbage")},
+		{"flush as request", []byte("0000")},
+		{"unknown service", gitp2p.AppendString(nil, "git-frobnicate proj\n")},
+		{"other repo in request", gitp2p.AppendRequest(nil, gitp2p.UploadPackService, "other")},
+		{"bad want", append(adv(), "000fwant nothing"...)},
+		{"not our ref", append(adv(), gitp2p.AppendString(nil, "want "+strings.Repeat("ab", 20)+"\n")...)},
+		{"0003 in needs", append(adv(), "0003"...)},
+		{"too long", append(adv(), "fff5"...)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			link, err := peer.Client(ctx, conn, peer.Config{Identity: client, Expect: s.owner.ident.ID})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer link.Close()
+			ch, err := link.Open(ctx, "git/proj")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ch.Close()
+			ch.Write(tc.send)
+			ch.SetReadDeadline(time.Now().Add(15 * time.Second))
+			r := gitp2p.NewReader(ch)
+			var last string
+			for {
+				kind, p, err := r.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("reading the answer: %v (last %q)", err, last)
+				}
+				if kind == gitp2p.Data {
+					last = string(p)
+				}
+			}
+			if !strings.HasPrefix(last, "ERR ") {
+				t.Fatalf("last packet %q, want ERR", last)
+			}
+			t.Logf("answer: %q", strings.TrimSpace(last))
+		})
+	}
+	// Still serving.
+	if out := s.client.git(t.TempDir(), "ls-remote", s.srv.url("proj")); !strings.Contains(out, "refs/heads/main") {
+		t.Fatalf("server stopped serving:\n%s", out)
+	}
+}

@@ -1,0 +1,230 @@
+// Command git-remote-del is git's remote helper for del:// URLs
+// (gitremote-helpers(7)). With it on PATH, stock git clones, fetches,
+// pulls, pushes and lists refs of a repository shared by another device:
+//
+//	git clone del://<peer-id>@<host>:<port>/<repo>
+//	git clone del://<peer-id>/<repo>     (needs an address, see below)
+//
+// The helper answers git's "capabilities" with "connect". On
+// "connect git-upload-pack" or "connect git-receive-pack" it reaches the
+// peer (TLS 1.3 pinned to <peer-id>, package peer), opens the channel
+// "git/<repo>", sends the session request — one pkt-line
+// "<service> <repo>\n" (gitp2p.AppendRequest) — answers git with an empty
+// line and then copies bytes both ways until the peer closes the channel.
+// The peer's `del git serve` answers as upload-pack or receive-pack, or
+// with an ERR packet that git prints as "remote error: ...".
+//
+// Finding a device by its id alone (DHT + ICE) is not available yet. Until
+// it is, an id-only URL needs the peer's address in git's configuration:
+//
+//	git config --global del.<peer-id>.address HOST:PORT
+//
+// The device identity is read from DEL_HOME (the same as `del id`).
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/del-share/del/gitp2p"
+	"github.com/del-share/del/identity"
+	"github.com/del-share/del/internal/config"
+	"github.com/del-share/del/peer"
+)
+
+// Target is a parsed del:// URL.
+type Target struct {
+	Peer identity.ID
+	// Addr is HOST:PORT when the URL carries one, else "".
+	Addr string
+	Repo string
+}
+
+// ParseURL parses del://<peer-id>[@<host>:<port>]/<repo>.
+func ParseURL(u string) (Target, error) {
+	var t Target
+	rest, ok := strings.CutPrefix(u, "del://")
+	if !ok {
+		return t, fmt.Errorf("%q is not a del:// URL", u)
+	}
+	authority, repo, ok := strings.Cut(rest, "/")
+	repo = strings.TrimSuffix(strings.TrimSuffix(repo, "/"), ".git")
+	if !ok || !gitp2p.ValidName(repo) {
+		return t, fmt.Errorf("%q: expected del://<peer-id>[@<host>:<port>]/<repo>", u)
+	}
+	idPart, addr, hasAddr := strings.Cut(authority, "@")
+	id, err := identity.ParseID(idPart)
+	if err != nil {
+		return t, fmt.Errorf("%q: peer id: %w", u, err)
+	}
+	if hasAddr {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return t, fmt.Errorf("%q: address: %w", u, err)
+		}
+	}
+	return Target{Peer: id, Addr: addr, Repo: repo}, nil
+}
+
+// Dialer reaches a peer and returns an authenticated link to it. The
+// peer-by-id work (DHT lookup + ICE) plugs in here.
+type Dialer interface {
+	Dial(ctx context.Context, t Target) (*peer.Link, error)
+}
+
+// ErrNoAddress is returned when a URL names a peer by id alone and no
+// address is known for it.
+var ErrNoAddress = errors.New("finding a peer by id alone (DHT + ICE) is not available yet")
+
+// directDialer dials HOST:PORT over TCP: the URL's address, or the one
+// configured in git as del.<peer-id>.address.
+type directDialer struct {
+	ident *identity.Identity
+	// lookup returns a configured address for a peer, or "".
+	lookup func(identity.ID) string
+}
+
+func (d *directDialer) Dial(ctx context.Context, t Target) (*peer.Link, error) {
+	addr := t.Addr
+	if addr == "" && d.lookup != nil {
+		addr = d.lookup(t.Peer)
+	}
+	if addr == "" {
+		return nil, fmt.Errorf("%w: use del://%s@<host>:<port>/%s, or set `git config del.%s.address HOST:PORT`",
+			ErrNoAddress, t.Peer, t.Repo, t.Peer)
+	}
+	var nd net.Dialer
+	conn, err := nd.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	return peer.Client(ctx, conn, peer.Config{Identity: d.ident, Expect: t.Peer})
+}
+
+// gitConfigAddress reads del.<peer-id>.address from git's configuration.
+func gitConfigAddress(id identity.ID) string {
+	out, err := exec.Command("git", "config", "--get", "del."+id.String()+".address").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: git-remote-del <remote> <url> (run by git for del:// URLs)")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[2], os.Stdin, os.Stdout, nil)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fatal: del:", err)
+		os.Exit(128)
+	}
+}
+
+// run speaks the remote-helper protocol on in/out. dialer nil means the
+// direct dialer with the identity of DEL_HOME.
+func run(ctx context.Context, url string, in io.Reader, out io.Writer, dialer Dialer) error {
+	t, err := ParseURL(url)
+	if err != nil {
+		return err
+	}
+	br := bufio.NewReader(in)
+	for {
+		line, err := br.ReadString('\n')
+		if err == io.EOF && line == "" {
+			return nil
+		}
+		if err != nil && err != io.EOF {
+			return err
+		}
+		line = strings.TrimSuffix(line, "\n")
+		switch {
+		case line == "":
+			return nil
+		case line == "capabilities":
+			if _, err := io.WriteString(out, "connect\n\n"); err != nil {
+				return err
+			}
+		case strings.HasPrefix(line, "connect "):
+			service := strings.TrimPrefix(line, "connect ")
+			if service != gitp2p.UploadPackService && service != gitp2p.ReceivePackService {
+				return fmt.Errorf("unsupported service %q", service)
+			}
+			if dialer == nil {
+				d, err := defaultDialer()
+				if err != nil {
+					return err
+				}
+				dialer = d
+			}
+			return connect(ctx, dialer, t, service, br, out)
+		default:
+			return fmt.Errorf("unsupported command %q", line)
+		}
+	}
+}
+
+func defaultDialer() (Dialer, error) {
+	home, err := config.Home()
+	if err != nil {
+		return nil, err
+	}
+	ident, err := identity.Load(home)
+	if err != nil {
+		return nil, fmt.Errorf("device identity in %s: %w (run `del id` once to create it)", home, err)
+	}
+	return &directDialer{ident: ident, lookup: gitConfigAddress}, nil
+}
+
+// connect opens the git channel, sends the session request and pipes git's
+// bytes until the peer ends the session.
+func connect(ctx context.Context, dialer Dialer, t Target, service string, in *bufio.Reader, out io.Writer) error {
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	link, err := dialer.Dial(dctx, t)
+	if err != nil {
+		return err
+	}
+	defer link.Close()
+	ch, err := link.Open(dctx, gitp2p.ChannelPrefix+t.Repo)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if _, err := ch.Write(gitp2p.AppendRequest(nil, service, t.Repo)); err != nil {
+		return fmt.Errorf("send request: %w", err)
+	}
+	// An empty line tells git the connection is established.
+	if _, err := io.WriteString(out, "\n"); err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { ch.Close() })
+	defer stop()
+	// git -> peer: ends when git closes its side; the peer then reads EOF.
+	// The goroutine is not waited for: the process exits once the peer has
+	// said everything, and git may keep its end open until then.
+	go func() {
+		io.Copy(ch, in)
+		if cw, ok := ch.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}()
+	// peer -> git: ends when the server closes the channel.
+	_, err = io.Copy(out, ch)
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("channel: %w", err)
+	}
+	return ctx.Err()
+}
