@@ -34,7 +34,12 @@ type Config struct {
 	ID       wire.ID            // node id; zero means random (OpenDHT node ids are random)
 	Network  uint32             // network id; messages of other networks are ignored
 	Identity *identity.Identity // signs, encrypts and decrypts values; optional
-	Clock    Clock              // nil: wall clock
+	// Client marks every message with OpenDHT's "is client" flag ("s",
+	// honoured by 2.4.x): other nodes answer but keep us out of their routing
+	// tables, so short-lived nodes (one `del dht get`) do not leave dead
+	// entries behind.
+	Client bool
+	Clock  Clock // nil: wall clock
 
 	StorageLimit   int // bytes of stored values; 0: DefaultStorageLimit
 	RateLimitPerIP int // requests per second accepted from one IP; 0: 1024, <0: unlimited
@@ -236,7 +241,7 @@ func (n *Node) sendLocked(b []byte, to netip.AddrPort) {
 
 // base fills the fields every outgoing message has.
 func (n *Node) base(kind wire.Kind, tid uint32) wire.Message {
-	return wire.Message{Kind: kind, TID: tid, UA: wire.UserAgent, Network: n.cfg.Network, ID: n.self}
+	return wire.Message{Kind: kind, TID: tid, UA: wire.UserAgent, Network: n.cfg.Network, ID: n.self, IsClient: n.cfg.Client}
 }
 
 // martian reports addresses OpenDHT refuses to talk to (§1).

@@ -256,12 +256,16 @@ func (n *Node) processLocked(m *wire.Message, from netip.AddrPort, src *source, 
 		r := n.reqs[m.TID]
 		if r == nil || r.to != from || (!r.node.IsZero() && r.node != m.ID) {
 			// Not ours, or from an unexpected node: still a live node.
-			n.tab.insert(m.ID, from, true, false, now)
+			if !m.IsClient {
+				n.tab.insert(m.ID, from, true, false, now)
+			}
 			return
 		}
 		delete(n.reqs, m.TID)
 		src.verified = true
-		n.tab.insert(m.ID, from, true, true, now)
+		if !m.IsClient {
+			n.tab.insert(m.ID, from, true, true, now)
+		}
 		if m.Kind == wire.KindError {
 			if r.onError != nil {
 				r.onError(m)
@@ -272,7 +276,9 @@ func (n *Node) processLocked(m *wire.Message, from netip.AddrPort, src *source, 
 			r.onReply(m)
 		}
 	case wire.KindQuery:
-		n.tab.insert(m.ID, from, true, false, now)
+		if !m.IsClient { // client-mode nodes stay out of routing tables
+			n.tab.insert(m.ID, from, true, false, now)
+		}
 		if !src.verified && !src.pinged {
 			// Verify the source so that larger answers may follow.
 			src.pinged = true

@@ -108,7 +108,10 @@ func (s *search) stepLocked(n *Node, now time.Time) {
 			inflight++
 		}
 	}
-	// Done when the k closest non-failed candidates all answered.
+	// Done when the k closest candidates that did not fail all answered.
+	// A node that missed its first attempt (slow) no longer holds the
+	// lookup back: it is most likely gone, and a late answer is still used
+	// until the lookup ends.
 	good, pending := 0, false
 	for _, c := range s.cands {
 		if good >= BucketSize {
@@ -117,7 +120,7 @@ func (s *search) stepLocked(n *Node, now time.Time) {
 		switch c.state {
 		case candReplied:
 			good++
-		case candFailed:
+		case candFailed, candSlow:
 		default:
 			pending = true
 		}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -59,7 +60,7 @@ func (f *dhtFlags) bootstrapAddrs() ([]netip.AddrPort, error) {
 
 // start binds a node. Without --listen it binds loopback when every
 // bootstrap node is on loopback, so a local test never opens a public port.
-func (f *dhtFlags) start(ident *identity.Identity) (*dht.UDPNode, []netip.AddrPort, error) {
+func (f *dhtFlags) start(ident *identity.Identity, client bool) (*dht.UDPNode, []netip.AddrPort, error) {
 	boots, err := f.bootstrapAddrs()
 	if err != nil {
 		return nil, nil, err
@@ -73,7 +74,7 @@ func (f *dhtFlags) start(ident *identity.Identity) (*dht.UDPNode, []netip.AddrPo
 			}
 		}
 	}
-	n, err := dht.ListenUDP(dht.Config{Network: f.network, Identity: ident}, listen)
+	n, err := dht.ListenUDP(dht.Config{Network: f.network, Identity: ident, Client: client}, listen)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -112,14 +113,26 @@ func newDHTRunCmd() *cobra.Command {
 			if f.listen == "" {
 				return errors.New("--listen HOST:PORT is required")
 			}
-			n, _, err := f.start(optionalIdentity())
+			ident := optionalIdentity()
+			n, _, err := f.start(ident, false)
 			if err != nil {
 				return err
 			}
 			defer n.Close()
 			a := n.Addr()
 			fmt.Fprintf(cmd.OutOrStdout(), "dht listening %s:%d id %s\n", a.Addr(), a.Port(), n.ID())
+			var wg sync.WaitGroup
+			if ident != nil {
+				// Publish our certificate at our key id, as OpenDHT nodes
+				// do, so others can encrypt to this device.
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					n.Announce(cmd.Context(), wire.ID(ident.ID), dht.CertificateValue(ident))
+				}()
+			}
 			<-cmd.Context().Done()
+			wg.Wait()
 			return nil
 		},
 	}
@@ -129,7 +142,9 @@ func newDHTRunCmd() *cobra.Command {
 
 // joined starts a node and waits for a bootstrap node to answer.
 func joined(cmd *cobra.Command, f *dhtFlags, ident *identity.Identity) (*dht.UDPNode, context.Context, context.CancelFunc, error) {
-	n, boots, err := f.start(ident)
+	// One-shot commands run as OpenDHT client-mode nodes, so they leave no
+	// dead entries in routing tables when they exit.
+	n, boots, err := f.start(ident, true)
 	if err != nil {
 		return nil, nil, nil, err
 	}
