@@ -79,7 +79,7 @@ type receiver struct {
 	done   chan error
 }
 
-var listeningRE = regexp.MustCompile(`^listening ([0-9a-f]{40})@(127\.0\.0\.1:[0-9]+)$`)
+var listeningRE = regexp.MustCompile(`^listening ([0-9a-f]{40})(?:@(127\.0\.0\.1:[0-9]+))?$`)
 
 func (d *device) receive(args ...string) *receiver {
 	d.t.Helper()
@@ -113,7 +113,11 @@ func (d *device) receiveArgs(args ...string) *receiver {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			if m := listeningRE.FindStringSubmatch(sc.Text()); m != nil {
-				lines <- m[1] + "@" + m[2]
+				if m[2] == "" {
+					lines <- m[1] // online by id
+				} else {
+					lines <- m[1] + "@" + m[2]
+				}
 			}
 		}
 		close(lines)
@@ -124,7 +128,7 @@ func (d *device) receiveArgs(args ...string) *receiver {
 		if !ok {
 			d.t.Fatalf("receiver exited without a listening line: %s", r.stderr)
 		}
-		if !strings.HasPrefix(l, d.id.String()+"@") {
+		if !strings.HasPrefix(l, d.id.String()) {
 			d.t.Fatalf("listening line %q does not carry the receiver's id %s", l, d.id)
 		}
 		r.target = l
@@ -402,7 +406,8 @@ func TestCLIDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"verified: the received tree is identical", "throughput:", "listening "} {
+	for _, want := range []string{"verified: the received tree is identical", "throughput:", "listening ",
+		"over ICE (host path", "verified: identical through the relay", "over a relayed link (TURN"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, out)
 		}

@@ -158,7 +158,7 @@ func dialPeer(ctx context.Context, addr string, tc *turn.Client, mode string) (n
 		var d net.Dialer
 		c, err := d.DialContext(dctx, "tcp", addr)
 		if err == nil {
-			return c, "a direct link", nothing, nil
+			return c, "a direct connection", nothing, nil
 		}
 		directErr = err
 		if tc == nil || mode == "never" {

@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/del-share/del/identity"
+	"github.com/del-share/del/internal/config"
 	"github.com/del-share/del/peer"
 	"github.com/del-share/del/transfer"
 	"github.com/spf13/cobra"
@@ -22,7 +24,8 @@ func init() { commands = append(commands, newSendCmd, newReceiveCmd) }
 // FileChannel is the peer channel that carries file transfers.
 const FileChannel = "file"
 
-// parseTarget splits "<peer-id>@<host>:<port>".
+// parseTarget splits "<peer-id>@<host>:<port>"; a bare "<peer-id>" gives
+// an empty address (the peer is found through the DHT).
 func parseTarget(s string) (identity.ID, string, error) {
 	idPart, addr, ok := strings.Cut(s, "@")
 	id, err := identity.ParseID(idPart)
@@ -30,7 +33,7 @@ func parseTarget(s string) (identity.ID, string, error) {
 		return id, "", err
 	}
 	if !ok {
-		return id, "", errors.New("finding a peer by id alone needs the DHT, which is not wired into send yet: use <peer-id>@<host>:<port> (printed by `del receive --listen`)")
+		return id, "", nil // by id alone, through the DHT
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return id, "", fmt.Errorf("address %q: %w", addr, err)
@@ -95,19 +98,36 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 			}
 			dctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			conn, via, release, err := dialPeer(dctx, addr, tc, relayMode)
-			if err != nil {
-				return err
-			}
-			defer release()
-			link, err := peer.Client(dctx, conn, peer.Config{Identity: ident, Expect: want})
-			if err != nil {
-				return err
-			}
-			defer link.Close()
-			ch, err := link.Open(dctx, FileChannel)
-			if err != nil {
-				return err
+			var ch net.Conn
+			var via string
+			if addr == "" {
+				host, stop, err := goOnline(dctx, ident, onlineOptions{turnURL: turnURL})
+				if err != nil {
+					return err
+				}
+				defer stop()
+				if ch, _, err = host.Dial(dctx, want, FileChannel); err != nil {
+					return err
+				}
+				t := host.LastTiming()
+				via = fmt.Sprintf("ICE (%s path; lookup %s, signaling %s, checks %s, TLS %s)", t.Path,
+					t.Lookup.Round(time.Millisecond), t.Signal.Round(time.Millisecond), t.ICE.Round(time.Millisecond), t.TLS.Round(time.Millisecond))
+				addr = "its ICE-selected address"
+			} else {
+				conn, how, release, err := dialPeer(dctx, addr, tc, relayMode)
+				if err != nil {
+					return err
+				}
+				defer release()
+				link, err := peer.Client(dctx, conn, peer.Config{Identity: ident, Expect: want})
+				if err != nil {
+					return err
+				}
+				defer link.Close()
+				if ch, err = link.Open(dctx, FileChannel); err != nil {
+					return err
+				}
+				via = how
 			}
 			defer ch.Close()
 			rep, err := transfer.Send(ctx, ch, src, transfer.SendOptions{Progress: newProgress(cmd.ErrOrStderr(), "sending", quiet), RateLimit: rate})
@@ -167,8 +187,9 @@ or --from limiting who may send.`,
 			if err != nil {
 				return err
 			}
-			if listen == "" && tc == nil {
-				return errors.New("going online through the DHT is not wired into receive yet: use --listen HOST:PORT and/or --turn URL")
+			online := listen == "" && os.Getenv(config.EnvBootstrap) != ""
+			if listen == "" && tc == nil && !online {
+				return errNoBootstrap
 			}
 			var only identity.ID
 			if from != "" {
@@ -186,6 +207,18 @@ or --from limiting who may send.`,
 			info := out
 			if toStdout {
 				info = cmd.ErrOrStderr()
+			}
+			opts := transfer.ReceiveOptions{
+				Dir:       dir,
+				Overwrite: overwrite,
+				Progress:  newProgress(cmd.ErrOrStderr(), "receiving", quiet),
+				Decide:    consentPolicy(cmd, yes),
+			}
+			if toStdout {
+				opts.Stdout = out
+			}
+			if online {
+				return receiveOnline(ctx, cmd, info, ident, only, turnURL, opts)
 			}
 			actx, cancelAccept := context.WithCancel(ctx)
 			acc := newAcceptor()
@@ -219,15 +252,6 @@ or --from limiting who may send.`,
 					word = "relayed"
 				}
 				fmt.Fprintf(info, "%s %s@%s\n", word, ident.ID, alloc.RelayedAddr())
-			}
-			opts := transfer.ReceiveOptions{
-				Dir:       dir,
-				Overwrite: overwrite,
-				Progress:  newProgress(cmd.ErrOrStderr(), "receiving", quiet),
-				Decide:    consentPolicy(cmd, yes),
-			}
-			if toStdout {
-				opts.Stdout = out
 			}
 			for {
 				a, err := acc.next(ctx)
@@ -269,6 +293,43 @@ or --from limiting who may send.`,
 }
 
 var errNotATransfer = errors.New("not a transfer")
+
+// receiveOnline goes online through the DHT, prints "listening <peer-id>",
+// and receives the first transfer a device sends to this id.
+func receiveOnline(ctx context.Context, cmd *cobra.Command, info io.Writer, ident *identity.Identity, only identity.ID, turnURL string, opts transfer.ReceiveOptions) error {
+	o := onlineOptions{turnURL: turnURL}
+	if !only.IsZero() {
+		o.accept = func(id identity.ID) bool { return id == only }
+	}
+	host, stop, err := goOnline(ctx, ident, o)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Fprintf(info, "listening %s\n", ident.ID)
+	for {
+		in, err := host.Accept(ctx)
+		if err != nil {
+			return err
+		}
+		if in.Name != FileChannel {
+			in.Conn.Close()
+			continue
+		}
+		opts.Remote = in.Link.Remote.String()
+		rep, err := transfer.Receive(ctx, in.Conn, opts)
+		peer.Finish(in.Conn, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		where := opts.Dir
+		if opts.Stdout != nil {
+			where = "stdout"
+		}
+		fmt.Fprintf(info, "received %s from %s into %s over ICE (%s)\n", describe(rep), opts.Remote, where, in.Link.RemoteAddr())
+		return nil
+	}
+}
 
 // serveOne authenticates one incoming connection and receives the transfer
 // on its file channel.
