@@ -26,6 +26,9 @@ const EnvDHTListen = "DEL_DHT_LISTEN"
 type onlineOptions struct {
 	turnURL string                 // --turn, else $DEL_TURN
 	accept  func(identity.ID) bool // who may connect; nil: anyone
+	// client: a one-shot node (del send) that other nodes keep out of their
+	// routing tables (OpenDHT's client flag).
+	client bool
 }
 
 // goOnline joins the DHT through the configured bootstrap nodes and returns
@@ -42,7 +45,7 @@ func goOnline(ctx context.Context, ident *identity.Identity, o onlineOptions) (h
 			listen = "127.0.0.1:0"
 		}
 	}
-	node, err := dht.ListenUDP(dht.Config{Identity: ident}, listen)
+	node, err := dht.ListenUDP(dht.Config{Identity: ident, Client: o.client}, listen)
 	if err != nil {
 		return nil, nil, err
 	}

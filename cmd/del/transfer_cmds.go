@@ -101,7 +101,7 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 			var ch net.Conn
 			var via string
 			if addr == "" {
-				host, stop, err := goOnline(dctx, ident, onlineOptions{turnURL: turnURL})
+				host, stop, err := goOnline(dctx, ident, onlineOptions{turnURL: turnURL, client: true})
 				if err != nil {
 					return err
 				}
