@@ -33,7 +33,8 @@ type Config struct {
 	Controlling bool
 	// Nomination: Regular (default) or Aggressive.
 	Nomination Nomination
-	// Ta paces new checks (default 20 ms).
+	// Ta paces new checks (default 10 ms; RFC 8445 §14.2 allows 5 ms and
+	// up; each check here is one TCP SYN).
 	Ta time.Duration
 	// CheckTimeout bounds one check: the TCP connect (S-O retries included)
 	// and the wait for its response (default 2 s).
@@ -60,7 +61,7 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.Ta == 0 {
-		c.Ta = 20 * time.Millisecond
+		c.Ta = 10 * time.Millisecond
 	}
 	if c.CheckTimeout == 0 {
 		c.CheckTimeout = 2 * time.Second

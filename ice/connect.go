@@ -187,6 +187,11 @@ func (r *run) loop() (*Pair, error) {
 		r.expire(now)
 		if p := r.cl.ToNominate(now); p != nil {
 			r.logf("ice: nominating %s", p)
+			// on the pair's open connection: no new SYN, so no Ta pacing
+			if pc := r.connOf[p]; pc != nil {
+				r.cl.Start(p, now)
+				r.send(p, pc, now)
+			}
 		}
 		wake := r.deadline
 		for {

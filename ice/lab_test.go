@@ -75,7 +75,9 @@ func labAgent() (res labResult) {
 		}
 	}
 	if env("ICE_DEBUG") != "" {
-		cfg.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "["+env("ICE_ADDR")+"] "+f+"\n", a...) }
+		cfg.Logf = func(f string, a ...any) {
+			fmt.Fprintf(os.Stderr, "%s [%s] %s\n", time.Now().Format("15:04:05.000000"), env("ICE_ADDR"), fmt.Sprintf(f, a...))
+		}
 	}
 	a, err := NewAgent(cfg)
 	if err != nil {

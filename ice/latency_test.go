@@ -72,13 +72,13 @@ func latencyHook(rtt time.Duration) func(net.Conn, bool) net.Conn {
 	}
 }
 
-// TestRoundTrips measures, with a simulated 100 ms round trip, the time
+// TestRoundTrips measures, with a simulated 200 ms round trip, the time
 // from the start of checks to the first application byte at the
 // controlling agent (the controlled one writes as soon as it has its
 // Conn): regular nomination needs 3 round trips (connect, check,
 // check with USE-CANDIDATE), aggressive 2.
 func TestRoundTrips(t *testing.T) {
-	const rtt = 100 * time.Millisecond
+	const rtt = 200 * time.Millisecond
 	for _, tt := range []struct {
 		nom  Nomination
 		name string
@@ -110,7 +110,7 @@ func TestRoundTrips(t *testing.T) {
 			trips := float64(el) / float64(rtt)
 			t.Logf("BENCH nomination=%s rtt=%v first_byte=%v round_trips=%.2f checks=%d+%d", tt.name, rtt, el.Round(time.Millisecond), trips, ra.rep.ChecksSent, rb.rep.ChecksSent)
 			// gathering, goroutine hops and a shared 2-core machine cost a few ms
-			if trips > tt.max+0.4 {
+			if trips > tt.max+0.5 {
 				t.Errorf("first byte after %.2f round trips, want <= %v", trips, tt.max)
 			}
 		})
