@@ -57,6 +57,8 @@ type Config struct {
 	// connHook, set by tests only, wraps every pair connection (to simulate
 	// latency); dialed tells whether we opened it.
 	connHook func(c net.Conn, dialed bool) net.Conn
+	// tieBreaker, set by tests only, replaces the random tie-breaker.
+	tieBreaker uint64
 }
 
 func (c *Config) setDefaults() {
@@ -135,12 +137,16 @@ func NewAgent(cfg Config) (*Agent, error) {
 	if _, err := rand.Read(tb[:]); err != nil {
 		return nil, err
 	}
+	tie := binary.BigEndian.Uint64(tb[:])
+	if cfg.tieBreaker != 0 {
+		tie = cfg.tieBreaker
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Agent{
 		cfg:        cfg,
 		ufrag:      randomICEString(8),
 		pwd:        randomICEString(24),
-		tieBreaker: binary.BigEndian.Uint64(tb[:]),
+		tieBreaker: tie,
 		ctx:        ctx,
 		cancel:     cancel,
 		accepted:   make(chan acceptedConn, 64),

@@ -34,17 +34,27 @@ func TestConnectSimultaneousOpen(t *testing.T) {
 	exchange(t, ra.conn, rb.conn, 100_000)
 }
 
+// TestConnectRoleConflict: both agents claim the same role (RFC 8445
+// §7.3.1.1); the larger tie-breaker ends controlling, whichever side's
+// check arrives first (one answers 487 and keeps its role, or switches).
 func TestConnectRoleConflict(t *testing.T) {
 	for _, both := range []bool{true, false} {
-		ra, rb := connectAgents(t, Config{Addrs: loopback, Controlling: both}, Config{Addrs: loopback, Controlling: both}, nil)
-		if ra.err != nil || rb.err != nil {
-			t.Fatalf("both controlling=%v: %v / %v\n%s%s", both, ra.err, rb.err, ra.rep, rb.rep)
+		for _, aLarger := range []bool{true, false} {
+			ca := Config{Addrs: loopback, Controlling: both, tieBreaker: 100}
+			cb := Config{Addrs: loopback, Controlling: both, tieBreaker: 200}
+			if aLarger {
+				ca.tieBreaker = 300
+			}
+			ra, rb := connectAgents(t, ca, cb, nil)
+			if ra.err != nil || rb.err != nil {
+				t.Fatalf("both controlling=%v: %v / %v\n%s%s", both, ra.err, rb.err, ra.rep, rb.rep)
+			}
+			if ra.rep.Controlling != aLarger || rb.rep.Controlling == aLarger {
+				t.Fatalf("both controlling=%v, a larger=%v: a controlling=%v, b controlling=%v", both, aLarger, ra.rep.Controlling, rb.rep.Controlling)
+			}
+			samePath(t, ra.conn, rb.conn)
+			exchange(t, ra.conn, rb.conn, 1000)
 		}
-		if ra.rep.Controlling == rb.rep.Controlling {
-			t.Fatalf("both controlling=%v: roles not resolved: %v %v", both, ra.rep.Controlling, rb.rep.Controlling)
-		}
-		samePath(t, ra.conn, rb.conn)
-		exchange(t, ra.conn, rb.conn, 1000)
 	}
 }
 
