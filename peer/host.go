@@ -113,8 +113,10 @@ type Incoming struct {
 // Timing says how long each phase of a dial took.
 type Timing struct {
 	Lookup, Signal, ICE, TLS time.Duration
-	Path                     string // "host", "srflx", "prflx" or "relay"
-	Report                   *ice.Report
+	// Path is the selected pair's local and remote candidate types, as
+	// "host-srflx"; it contains "relay" when the relay carries the link.
+	Path   string
+	Report *ice.Report
 }
 
 // NewHost returns a host; Start puts it online.
@@ -320,10 +322,7 @@ func (h *Host) dial(ctx context.Context, id identity.ID, ready chan struct{}) (*
 		return nil, fmt.Errorf("peer: no path to %s: %w", id, err)
 	}
 	t.ICE = time.Since(start)
-	t.Path = conn.Pair().Local.Type.String()
-	if rt := conn.Pair().Remote.Type; rt == ice.Relayed {
-		t.Path = rt.String()
-	}
+	t.Path = conn.Pair().Local.Type.String() + "-" + conn.Pair().Remote.Type.String()
 
 	start = time.Now()
 	l, err := Client(ctx, conn, Config{Identity: h.cfg.Identity, Expect: id})

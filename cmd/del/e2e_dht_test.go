@@ -38,7 +38,7 @@ func TestCLISendByID(t *testing.T) {
 	if err != nil {
 		t.Fatalf("send by id: %v\n%s", err, out)
 	}
-	if !regexp.MustCompile(`over ICE \(host path; lookup \S+, signaling \S+, checks \S+, TLS \S+\)`).Match(out) {
+	if !regexp.MustCompile(`over ICE \(host-(host|prflx) path; lookup \S+, signaling \S+, checks \S+, TLS \S+\)`).Match(out) {
 		t.Fatalf("send summary lacks the path and phases: %s", out)
 	}
 	if err := r.wait(t); err != nil {

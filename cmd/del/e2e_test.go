@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/del-share/del/identity"
+	"github.com/del-share/del/internal/netlab"
 	"github.com/del-share/del/internal/testkeys"
 )
 
@@ -51,11 +52,14 @@ func delBinary(t *testing.T) string {
 	return delBin
 }
 
-// device is one DEL_HOME with a test identity.
+// device is one DEL_HOME with a test identity; with ns set, its commands
+// run inside that network namespace of a NAT lab, with env added.
 type device struct {
 	t    *testing.T
 	home string
 	id   identity.ID
+	ns   *netlab.NS
+	env  []string
 }
 
 func newDevice(t *testing.T, key int) *device {
@@ -65,8 +69,13 @@ func newDevice(t *testing.T, key int) *device {
 }
 
 func (d *device) cmd(args ...string) *exec.Cmd {
-	c := exec.Command(delBinary(d.t), args...)
-	c.Env = append(os.Environ(), "DEL_HOME="+d.home)
+	var c *exec.Cmd
+	if d.ns != nil {
+		c = d.ns.Command(delBinary(d.t), args...)
+	} else {
+		c = exec.Command(delBinary(d.t), args...)
+	}
+	c.Env = append(append(os.Environ(), "DEL_HOME="+d.home), d.env...)
 	return c
 }
 
@@ -407,7 +416,7 @@ func TestCLIDemo(t *testing.T) {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
 	for _, want := range []string{"verified: the received tree is identical", "throughput:", "listening ",
-		"over ICE (host path", "verified: identical through the relay", "over a relayed link (TURN"} {
+		"over ICE (host-", "verified: identical through the relay", "over a relayed link (TURN"} {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, out)
 		}

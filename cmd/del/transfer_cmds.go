@@ -297,7 +297,9 @@ var errNotATransfer = errors.New("not a transfer")
 // receiveOnline goes online through the DHT, prints "listening <peer-id>",
 // and receives the first transfer a device sends to this id.
 func receiveOnline(ctx context.Context, cmd *cobra.Command, info io.Writer, ident *identity.Identity, only identity.ID, turnURL string, opts transfer.ReceiveOptions) error {
-	o := onlineOptions{turnURL: turnURL}
+	// A one-shot receiver is an OpenDHT client node too: behind a NAT it could
+	// not answer other nodes' queries anyway, and lookups would wait for it.
+	o := onlineOptions{turnURL: turnURL, client: true}
 	if !only.IsZero() {
 		o.accept = func(id identity.ID) bool { return id == only }
 	}
