@@ -114,7 +114,10 @@ func receivePack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer, o
 		updateRefs(ctx, repo, cmds, atomic)
 	}
 	if !report {
-		return w.Flush()
+		if err := w.Flush(); err != nil || unpackErr == "" {
+			return err
+		}
+		return errors.New("unpack: " + unpackErr)
 	}
 	if unpackErr != "" {
 		writeLine(w, "unpack %s\n", oneLine(unpackErr))
@@ -129,7 +132,13 @@ func receivePack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer, o
 		}
 	}
 	w.Write(AppendFlush(nil))
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if unpackErr != "" {
+		return errors.New("unpack: " + unpackErr)
+	}
+	return nil
 }
 
 func oneLine(s string) string {
@@ -490,7 +499,7 @@ func (t *packTee) Read(p []byte) (int, error) {
 // zlib data), 20-byte trailer.
 func scanPack(t *packTee, count uint32) error {
 	if _, err := io.ReadFull(t, make([]byte, 12)); err != nil {
-		return err
+		return unexpected(err)
 	}
 	for i := uint32(0); i < count; i++ {
 		c, err := t.ReadByte()
@@ -525,16 +534,13 @@ func scanPack(t *packTee, count uint32) error {
 			return protoErr("object %d: bad type %d", i, typ)
 		}
 		zr, err := zlib.NewReader(t)
-		if err != nil {
-			if errors.Is(err, errPackTooBig) {
-				return err
-			}
-			return protoErr("object %d: %v", i, err)
+		if err == nil {
+			_, err = io.Copy(io.Discard, zr)
 		}
-		if _, err := io.Copy(io.Discard, zr); err != nil {
-			if errors.Is(err, errPackTooBig) {
-				return err
-			}
+		if errors.Is(err, errPackTooBig) {
+			return err
+		}
+		if err != nil {
 			return protoErr("object %d: %v", i, err)
 		}
 	}
@@ -545,8 +551,8 @@ func scanPack(t *packTee, count uint32) error {
 }
 
 func unexpected(err error) error {
-	if err == io.EOF {
-		return io.ErrUnexpectedEOF
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return protoErr("pack truncated")
 	}
 	return err
 }

@@ -1,0 +1,203 @@
+package gitp2p
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/del-share/del/identity"
+	"github.com/del-share/del/internal/testenv"
+)
+
+// testRepo makes a small repository with one commit and a tag and returns
+// its path and the commit id.
+func testRepo(t testing.TB) (string, string) {
+	testenv.NeedBinary(t, "git")
+	dir := filepath.Join(t.TempDir(), "r")
+	run := func(args ...string) string {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		cmd.Env = append(cleanEnv(), "GIT_CONFIG_NOSYSTEM=1", "HOME="+dir,
+			"GIT_AUTHOR_NAME=T", "GIT_AUTHOR_EMAIL=t@example.org", "GIT_COMMITTER_NAME=T", "GIT_COMMITTER_EMAIL=t@example.org")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	os.MkdirAll(dir, 0o755)
+	run("init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(dir, "f"), []byte("x\n"), 0o644)
+	run("add", "f")
+	run("commit", "-q", "-m", "one")
+	run("tag", "-a", "v1", "-m", "v1")
+	return dir, run("rev-parse", "HEAD")
+}
+
+type pipeRW struct {
+	r   io.Reader
+	out bytes.Buffer
+}
+
+func (p *pipeRW) Read(b []byte) (int, error)  { return p.r.Read(b) }
+func (p *pipeRW) Write(b []byte) (int, error) { return p.out.Write(b) }
+func (p *pipeRW) Bytes() []byte               { return p.out.Bytes() }
+
+// lastPacket returns the payload of the last data packet of a pkt-line stream.
+func lastPacket(b []byte) (string, bool) {
+	last := ""
+	for len(b) > 0 {
+		kind, p, n, err := Parse(b)
+		if err != nil {
+			return "", false
+		}
+		if kind == Data {
+			last = string(p)
+		}
+		b = b[n:]
+	}
+	return last, true
+}
+
+func TestServeRefusals(t *testing.T) {
+	dir, head := testRepo(t)
+	var fetcher, pusher identity.ID
+	fetcher[0], pusher[0] = 1, 2
+	policy := &Shares{Shares: []Share{{Name: "proj", Path: dir, Push: []string{pusher.String()}}}}
+	for _, tc := range []struct {
+		name   string
+		remote identity.ID
+		repo   string
+		in     string
+		want   string // in the last packet
+	}{
+		{"unknown repo", fetcher, "nope", string(AppendRequest(nil, UploadPackService, "nope")), "ERR repository not shared"},
+		{"push without grant", fetcher, "proj", string(AppendRequest(nil, ReceivePackService, "proj")), "ERR push not allowed"},
+		{"garbage", fetcher, "proj", "hello world", "ERR pkt-line: bad length"},
+		{"not our ref", fetcher, "proj", string(AppendRequest(nil, UploadPackService, "proj")) + string(AppendString(nil, "want "+strings.Repeat("1", 40)+"\n")), "ERR upload-pack: not our ref"},
+		{"bad have", fetcher, "proj", string(AppendRequest(nil, UploadPackService, "proj")) + string(AppendString(nil, "want "+head+" multi_ack\n")) + "0000" + string(AppendString(nil, "have zz\n")), "ERR protocol error"},
+		{"bad command", pusher, "proj", string(AppendRequest(nil, ReceivePackService, "proj")) + string(AppendString(nil, "abc def refs/heads/x\x00report-status\n")) + "0000", "ERR protocol error: bad command"},
+		{"bad pack", pusher, "proj", string(AppendRequest(nil, ReceivePackService, "proj")) + string(AppendString(nil, ZeroID+" "+head+" refs/heads/x\x00report-status\n")) + "0000" + "PACK\x00\x00\x00\x02\x00\x00\x00\x01\xff\xff", "ERR protocol error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			rw := &pipeRW{r: strings.NewReader(tc.in)}
+			err := Serve(ctx, rw, tc.remote, tc.repo, policy)
+			if err == nil {
+				t.Fatal("Serve accepted it")
+			}
+			last, ok := lastPacket(rw.Bytes())
+			if !ok || !strings.HasPrefix(last, tc.want) {
+				t.Fatalf("last packet %q (parsed %v), want %q; err %v", last, ok, tc.want, err)
+			}
+		})
+	}
+	// Nothing of the bad pack reached the repository.
+	if q, _ := filepath.Glob(filepath.Join(dir, ".git", "objects", "tmp_objdir-*")); len(q) > 0 {
+		t.Fatalf("quarantine left: %v", q)
+	}
+}
+
+func TestValidRefName(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"refs/heads/main": true, "refs/tags/v1.0": true, "refs/heads/a/b-c_d": true,
+		"HEAD": false, "refs/heads/": false, "refs/heads/a..b": false, "refs/heads/.x": false,
+		"refs/heads/x.lock": false, "refs/heads/a b": false, "refs/heads/a~1": false, "refs/heads/a^": false,
+		"refs/heads/a:b": false, "refs/heads/a@{1}": false, "refs//heads": false, "refs/heads/x.": false,
+		"refs/heads/\x01": false, "refs/heads/a\\b": false, "refs/heads/*": false,
+	} {
+		if validRefName(name) != ok {
+			t.Errorf("validRefName(%q) = %v", name, !ok)
+		}
+	}
+}
+
+func TestSharesFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "home", "git-shares.json")
+	s, err := LoadShares(file)
+	if err != nil || len(s.Shares) != 0 {
+		t.Fatalf("missing file: %v %v", s, err)
+	}
+	var a identity.ID
+	a[0] = 7
+	if err := s.Add(Share{Name: "../x", Path: "/tmp"}); err == nil {
+		t.Fatal("bad name accepted")
+	}
+	if err := s.Add(Share{Name: "p", Path: "/tmp/p", Push: []string{"nothex"}}); err == nil {
+		t.Fatal("bad peer id accepted")
+	}
+	if err := s.Add(Share{Name: "p", Path: "/tmp/p", Push: []string{a.String()}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(file); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := LoadShares(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc, err := FilePolicy(file).Lookup(a, "p")
+	if err != nil || !acc.Push || acc.Force || acc.Path != "/tmp/p" {
+		t.Fatalf("lookup %+v %v", acc, err)
+	}
+	var b identity.ID
+	if acc, err := s2.Lookup(b, "p"); err != nil || acc.Push {
+		t.Fatalf("other peer %+v %v", acc, err)
+	}
+	if _, err := s2.Lookup(a, "q"); !errors.Is(err, ErrNotShared) {
+		t.Fatalf("unknown: %v", err)
+	}
+	if !s2.Remove("p") || s2.Remove("p") {
+		t.Fatal("remove")
+	}
+	if DefaultName("/a/b/proj.git") != "proj" || DefaultName("/a/proj/.git") != "proj" {
+		t.Fatal("DefaultName")
+	}
+}
+
+// FuzzServe feeds arbitrary client bytes to a session: it never panics,
+// always returns, and a protocol error is answered with an ERR packet.
+func FuzzServe(f *testing.F) {
+	dir, head := testRepo(f)
+	var remote identity.ID
+	remote[0] = 9
+	policy := &Shares{Shares: []Share{{Name: "proj", Path: dir, Push: []string{remote.String()}}}}
+	up := string(AppendRequest(nil, UploadPackService, "proj"))
+	rp := string(AppendRequest(nil, ReceivePackService, "proj"))
+	want := string(AppendString(nil, "want "+head+" multi_ack_detailed side-band-64k thin-pack ofs-delta no-done\n"))
+	for _, s := range []string{
+		"", "0000", up, up + "0000", up + want + "0000" + "0009done\n",
+		up + want + string(AppendString(nil, "deepen 1\n")) + "0000" + "0009done\n",
+		up + want + string(AppendString(nil, "shallow "+head+"\n")) + "0000",
+		up + want + "0000" + string(AppendString(nil, "have "+head+"\n")) + "0000" + "0009done\n",
+		up + want + string(AppendString(nil, "deepen -1\n")), up + "0001", up + "fff5",
+		rp + string(AppendString(nil, ZeroID+" "+head+" refs/heads/x\x00report-status atomic\n")) + "0000" + "PACK\x00\x00\x00\x02\x00\x00\x00\x00" + strings.Repeat("\x00", 20),
+		rp + string(AppendString(nil, head+" "+ZeroID+" refs/heads/main\n")) + "0000",
+		rp + string(AppendString(nil, ZeroID+" "+head+" refs/heads/y\n")) + "0000" + "PACK\x00\x00\x00\x02\x00\x00\x00\x01\x95\x0ax\x9c",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		rw := &pipeRW{r: bytes.NewReader(in)}
+		err := Serve(ctx, rw, remote, "proj", policy)
+		if ctx.Err() != nil {
+			t.Fatal("Serve did not return in time")
+		}
+		var pe *ProtocolError
+		if errors.As(err, &pe) {
+			if last, ok := lastPacket(rw.Bytes()); ok && !strings.HasPrefix(last, "ERR ") {
+				t.Fatalf("protocol error %v answered with %q", err, last)
+			}
+		}
+	})
+}
