@@ -27,6 +27,7 @@ type pconn struct {
 
 	wmu      sync.Mutex // serializes frame writes
 	stopping atomic.Bool
+	stopc    chan struct{} // closed by handOver: the reader must not block
 	// trusted: an authenticated check or response was seen on this
 	// connection, so the peer may now send application data on it. Before,
 	// a non-STUN frame is garbage and is dropped.
@@ -376,6 +377,7 @@ func (r *run) addConn(c net.Conn, local Candidate, p *Pair) *pconn {
 		c: c, br: bufio.NewReaderSize(c, 2+MaxFrame+16), local: local, pair: p,
 		remote: netip.AddrPortFrom(ra.Addr().Unmap(), ra.Port()),
 		done:   make(chan struct{}),
+		stopc:  make(chan struct{}),
 	}
 	r.a.mu.Lock()
 	if r.a.closed {
@@ -429,6 +431,8 @@ func (r *run) read(pc *pconn) {
 		case r.events <- ev:
 		case <-r.ctx.Done():
 			return
+		case <-pc.stopc:
+			return
 		}
 		if ev.kind != evMessage {
 			return
@@ -436,6 +440,8 @@ func (r *run) read(pc *pconn) {
 		select {
 		case <-ev.ack:
 		case <-r.ctx.Done():
+			return
+		case <-pc.stopc:
 			return
 		}
 	}
@@ -693,6 +699,7 @@ func (r *run) onResponse(pc *pconn, m *stun.Message, now time.Time) {
 func (r *run) handOver(p *Pair) *Conn {
 	pc := r.connOf[p]
 	pc.stopping.Store(true)
+	close(pc.stopc) // the loop no longer reads events or acknowledges them
 	_ = pc.c.SetReadDeadline(time.Unix(1, 0))
 	<-pc.done
 	_ = pc.c.SetReadDeadline(time.Time{})
