@@ -611,3 +611,72 @@ func TestMalformedSession(t *testing.T) {
 		t.Fatalf("server stopped serving:\n%s", out)
 	}
 }
+
+// addCommits appends n commits to branch with git fast-import, each
+// changing one small file.
+func addCommits(t *testing.T, d *device, dir, branch, tag string, n int) {
+	t.Helper()
+	var b strings.Builder
+	parent := ""
+	if out, err := d.run(dir, "git", "rev-parse", "-q", "--verify", "refs/heads/"+branch); err == nil {
+		parent = strings.TrimSpace(out)
+	}
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "commit refs/heads/%s\ncommitter T <t@example.org> %d +0000\ndata <<EOM\n%s %d\nEOM\n", branch, 1700000000+i, tag, i)
+		if i == 0 && parent != "" {
+			fmt.Fprintf(&b, "from %s\n", parent)
+		}
+		content := fmt.Sprintf("%s %d\n%s", tag, i, strings.Repeat("line\n", i%50))
+		fmt.Fprintf(&b, "M 644 inline %s/file%d.txt\ndata %d\n%s\n", tag, i%20, len(content), content)
+	}
+	cmd := exec.Command("git", "fast-import", "--quiet")
+	cmd.Dir = dir
+	cmd.Env = d.env()
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("fast-import: %v\n%s", err, out)
+	}
+}
+
+// TestNegotiation: a client with local commits the server lacks fetches
+// new server commits; the pack it receives is the one git's own
+// upload-pack sends from the same state.
+func TestNegotiation(t *testing.T) {
+	s := newSetup(t, false)
+	c := s.client
+	addCommits(t, s.owner, s.src, "long", "base", 300)
+	work := t.TempDir()
+	clone := filepath.Join(work, "clone")
+	c.git(work, "clone", "-q", s.srv.url("proj"), clone)
+	addCommits(t, c, clone, "long", "local", 120) // unknown to the server
+	c.git(clone, "branch", "-q", "long2", "origin/long")
+	addCommits(t, c, clone, "long2", "local2", 40)
+	addCommits(t, s.owner, s.src, "long", "server", 5)
+	ref := filepath.Join(work, "reference")
+	if out, err := exec.Command("cp", "-a", clone, ref).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	c.git(ref, "remote", "set-url", "origin", "file://"+s.src)
+	received := func(dir string, env ...string) (int, uint32) {
+		trace := filepath.Join(work, filepath.Base(dir)+".pack")
+		c.gitEnv(append(env, "GIT_TRACE_PACKFILE="+trace), dir, "fetch", "-q", "origin")
+		pack, err := os.ReadFile(trace)
+		if err != nil || len(pack) < 12 {
+			t.Fatalf("no pack received: %v", err)
+		}
+		return len(pack), binary.BigEndian.Uint32(pack[8:12])
+	}
+	size, objs := received(clone)
+	refSize, refObjs := received(ref)
+	t.Logf("over DEL: %d objects, %d bytes; git upload-pack: %d objects, %d bytes", objs, size, refObjs, refSize)
+	if objs != refObjs {
+		t.Fatalf("received %d objects, git's upload-pack sends %d", objs, refObjs)
+	}
+	if objs != 5*4 {
+		t.Fatalf("received %d objects, want 20 (5 x commit, root tree, server/ tree, blob)", objs)
+	}
+	if got, want := c.git(clone, "rev-parse", "origin/long"), s.owner.git(s.src, "rev-parse", "long"); got != want {
+		t.Fatalf("origin/long %s, want %s", got, want)
+	}
+	c.fsck(clone)
+}
