@@ -60,3 +60,47 @@ func TestCLISendByIDNeedsBootstrap(t *testing.T) {
 		t.Fatalf("send by id without a bootstrap node: err %v, %s", err, out)
 	}
 }
+
+// TestCLIContacts: a contact is sent to by name, and a receiver accepts its
+// contacts without --yes while refusing other devices by policy.
+func TestCLIContacts(t *testing.T) {
+	boot := startDHT(t)
+	t.Setenv("DEL_BOOTSTRAP", boot)
+	t.Setenv("DEL_INTERFACES", "lo")
+	alice, bob, carol := newDevice(t, 0), newDevice(t, 1), newDevice(t, 2)
+	for _, c := range [][]string{{"bob", bob.id.String()}} {
+		if out, err := alice.cmd(append([]string{"contacts", "add"}, c...)...).CombinedOutput(); err != nil {
+			t.Fatalf("contacts add: %v %s", err, out)
+		}
+	}
+	if out, err := bob.cmd("contacts", "add", "alice", alice.id.String()).CombinedOutput(); err != nil {
+		t.Fatalf("contacts add: %v %s", err, out)
+	}
+	out, _ := bob.cmd("contacts", "list").Output()
+	if string(out) != "alice "+alice.id.String()+"\n" {
+		t.Fatalf("contacts list: %q", out)
+	}
+	os.WriteFile(filepath.Join(bob.home, "config.toml"), []byte("[accept]\nothers = \"refuse\"\n"), 0o644)
+	f := filepath.Join(t.TempDir(), "hello.txt")
+	os.WriteFile(f, []byte("hi bob"), 0o644)
+
+	// A stranger is refused by policy, with no terminal and no --yes.
+	inbox := t.TempDir()
+	r := bob.receiveArgs("--dir", inbox, "--quiet")
+	out, err := carol.cmd("send", "--quiet", bob.id.String(), f).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "does not accept transfers from this device") {
+		t.Fatalf("stranger: err %v, %s", err, out)
+	}
+	r.wait(t)
+	// A contact is accepted without asking, and sent to by name.
+	r = bob.receiveArgs("--dir", inbox, "--quiet")
+	if out, err := alice.cmd("send", "--quiet", "bob", f).CombinedOutput(); err != nil {
+		t.Fatalf("send to contact bob: %v\n%s", err, out)
+	}
+	if err := r.wait(t); err != nil {
+		t.Fatalf("receive: %v %s", err, r.stderr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(inbox, "hello.txt")); string(got) != "hi bob" {
+		t.Fatalf("got %q", got)
+	}
+}

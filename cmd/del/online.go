@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/del-share/del/dht"
@@ -17,13 +15,9 @@ import (
 	"github.com/del-share/del/peer"
 )
 
-// EnvDHTListen sets the address the device's DHT node binds (default: the
-// loopback address when every bootstrap node is on loopback, else all
-// interfaces on a random port).
-const EnvDHTListen = "DEL_DHT_LISTEN"
-
 // onlineOptions are what going online needs besides the identity.
 type onlineOptions struct {
+	cfg     *config.Config
 	turnURL string                 // --turn, else $DEL_TURN
 	accept  func(identity.ID) bool // who may connect; nil: anyone
 	// client: a one-shot node (del send) that other nodes keep out of their
@@ -34,11 +28,13 @@ type onlineOptions struct {
 // goOnline joins the DHT through the configured bootstrap nodes and returns
 // a host that can dial and answer by id. stop takes it offline.
 func goOnline(ctx context.Context, ident *identity.Identity, o onlineOptions) (h *peer.Host, stop func(), err error) {
-	boot, err := bootstrapAddrs(ctx)
+	boot, err := bootstrapAddrs(ctx, o.cfg.Bootstrap)
 	if err != nil {
 		return nil, nil, err
 	}
-	listen := os.Getenv(EnvDHTListen)
+	// The DHT node binds cfg.DHTListen (DEL_DHT_LISTEN); by default loopback
+	// when every bootstrap node is on loopback, else all interfaces.
+	listen := o.cfg.DHTListen
 	if listen == "" {
 		listen = ":0"
 		if allLoopback(boot) {
@@ -56,16 +52,16 @@ func goOnline(ctx context.Context, ident *identity.Identity, o onlineOptions) (h
 		node.Close()
 		return nil, nil, fmt.Errorf("join the DHT through %v: %w", boot, err)
 	}
-	icfg := ice.Config{Interfaces: ice.InterfacesFromEnv()}
-	for _, s := range splitList(os.Getenv(config.EnvSTUN)) {
+	icfg := ice.Config{Interfaces: o.cfg.Interfaces}
+	for _, s := range o.cfg.STUN {
 		ap, err := resolveAddrPort(ctx, s)
 		if err != nil {
 			node.Close()
-			return nil, nil, fmt.Errorf("%s: %w", config.EnvSTUN, err)
+			return nil, nil, fmt.Errorf("STUN server %s: %w", s, err)
 		}
 		icfg.STUN = append(icfg.STUN, ap)
 	}
-	tc, err := turnClient(o.turnURL)
+	tc, err := turnClient(o.turnURL, o.cfg)
 	if err != nil {
 		node.Close()
 		return nil, nil, err
@@ -91,10 +87,9 @@ func goOnline(ctx context.Context, ident *identity.Identity, o onlineOptions) (h
 }
 
 var errNoBootstrap = errors.New("no DHT bootstrap node is configured: set " + config.EnvBootstrap +
-	"=HOST:PORT (`del dht run` starts one), or use a direct address <peer-id>@<host>:<port>")
+	"=HOST:PORT or bootstrap in " + config.FileName + " (`del dht run` starts one), or use a direct address <peer-id>@<host>:<port>")
 
-func bootstrapAddrs(ctx context.Context) ([]netip.AddrPort, error) {
-	list := splitList(os.Getenv(config.EnvBootstrap))
+func bootstrapAddrs(ctx context.Context, list []string) ([]netip.AddrPort, error) {
 	if len(list) == 0 {
 		return nil, errNoBootstrap
 	}
@@ -102,7 +97,7 @@ func bootstrapAddrs(ctx context.Context) ([]netip.AddrPort, error) {
 	for _, s := range list {
 		ap, err := resolveAddrPort(ctx, s)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", config.EnvBootstrap, err)
+			return nil, fmt.Errorf("bootstrap node %s: %w", s, err)
 		}
 		out = append(out, ap)
 	}
@@ -133,12 +128,13 @@ func allLoopback(aps []netip.AddrPort) bool {
 	return len(aps) > 0
 }
 
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
+// loadConfig returns the device's configuration (config.toml with the
+// environment on top).
+func loadConfig() (*config.Config, string, error) {
+	home, err := config.Home()
+	if err != nil {
+		return nil, "", err
 	}
-	return out
+	cfg, err := config.Load(home)
+	return cfg, home, err
 }

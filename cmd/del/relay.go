@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -15,12 +14,13 @@ import (
 	"github.com/del-share/del/turn"
 )
 
-// turnClient returns the TURN client for a --turn flag value, or for
-// $DEL_TURN when the flag is empty; nil when neither is set.
-func turnClient(flag string) (*turn.Client, error) {
+// turnClient returns the TURN client for a --turn flag value, or for the
+// configured one ($DEL_TURN, config.toml) when the flag is empty; nil when
+// neither is set.
+func turnClient(flag string, cfg *config.Config) (*turn.Client, error) {
 	u := flag
 	if u == "" {
-		u = os.Getenv(config.EnvTURN)
+		u = cfg.TURN
 	}
 	if u == "" {
 		return nil, nil

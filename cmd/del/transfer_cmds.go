@@ -26,11 +26,14 @@ const FileChannel = "file"
 
 // parseTarget splits "<peer-id>@<host>:<port>"; a bare "<peer-id>" gives
 // an empty address (the peer is found through the DHT).
-func parseTarget(s string) (identity.ID, string, error) {
+func parseTarget(s string, contacts config.Contacts) (identity.ID, string, error) {
 	idPart, addr, ok := strings.Cut(s, "@")
+	if v, isContact := contacts[idPart]; isContact {
+		idPart = v
+	}
 	id, err := identity.ParseID(idPart)
 	if err != nil {
-		return id, "", err
+		return id, "", fmt.Errorf("%q is neither a peer id nor a contact (del contacts list)", idPart)
 	}
 	if !ok {
 		return id, "", nil // by id alone, through the DHT
@@ -58,7 +61,15 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			want, addr, err := parseTarget(args[0])
+			cfg, home, err := loadConfig()
+			if err != nil {
+				return err
+			}
+			contacts, err := config.LoadContacts(home)
+			if err != nil {
+				return err
+			}
+			want, addr, err := parseTarget(args[0], contacts)
 			if err != nil {
 				return err
 			}
@@ -92,7 +103,7 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 			default:
 				return fmt.Errorf("--relay must be auto, always or never, not %q", relayMode)
 			}
-			tc, err := turnClient(turnURL)
+			tc, err := turnClient(turnURL, cfg)
 			if err != nil {
 				return err
 			}
@@ -101,7 +112,7 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 			var ch net.Conn
 			var via string
 			if addr == "" {
-				host, stop, err := goOnline(dctx, ident, onlineOptions{turnURL: turnURL, client: true})
+				host, stop, err := goOnline(dctx, ident, onlineOptions{cfg: cfg, turnURL: turnURL, client: true})
 				if err != nil {
 					return err
 				}
@@ -183,11 +194,25 @@ or --from limiting who may send.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			tc, err := turnClient(turnURL)
+			cfg, home, err := loadConfig()
 			if err != nil {
 				return err
 			}
-			online := listen == "" && os.Getenv(config.EnvBootstrap) != ""
+			contacts, err := config.LoadContacts(home)
+			if err != nil {
+				return err
+			}
+			if dir == "" {
+				dir = cfg.DownloadDir
+			}
+			if dir == "" {
+				dir = "."
+			}
+			tc, err := turnClient(turnURL, cfg)
+			if err != nil {
+				return err
+			}
+			online := listen == "" && len(cfg.Bootstrap) > 0
 			if listen == "" && tc == nil && !online {
 				return errNoBootstrap
 			}
@@ -212,13 +237,13 @@ or --from limiting who may send.`,
 				Dir:       dir,
 				Overwrite: overwrite,
 				Progress:  newProgress(cmd.ErrOrStderr(), "receiving", quiet),
-				Decide:    consentPolicy(cmd, yes),
+				Decide:    consentPolicy(yes, contacts, cfg.Accept),
 			}
 			if toStdout {
 				opts.Stdout = out
 			}
 			if online {
-				return receiveOnline(ctx, cmd, info, ident, only, turnURL, opts)
+				return receiveOnline(ctx, info, ident, only, onlineOptions{cfg: cfg, turnURL: turnURL, client: true}, opts)
 			}
 			actx, cancelAccept := context.WithCancel(ctx)
 			acc := newAcceptor()
@@ -281,7 +306,7 @@ or --from limiting who may send.`,
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "", "HOST:PORT to listen on (port 0 picks a free one)")
-	cmd.Flags().StringVar(&dir, "dir", ".", "folder to receive into")
+	cmd.Flags().StringVar(&dir, "dir", "", "folder to receive into (default: download_dir of config.toml, else the current folder)")
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "accept the offer without asking")
 	cmd.Flags().BoolVar(&toStdout, "stdout", false, "write the single received file to stdout")
 	cmd.Flags().BoolVar(&overwrite, "overwrite", false, "replace existing files that have other content")
@@ -296,10 +321,9 @@ var errNotATransfer = errors.New("not a transfer")
 
 // receiveOnline goes online through the DHT, prints "listening <peer-id>",
 // and receives the first transfer a device sends to this id.
-func receiveOnline(ctx context.Context, cmd *cobra.Command, info io.Writer, ident *identity.Identity, only identity.ID, turnURL string, opts transfer.ReceiveOptions) error {
-	// A one-shot receiver is an OpenDHT client node too: behind a NAT it could
-	// not answer other nodes' queries anyway, and lookups would wait for it.
-	o := onlineOptions{turnURL: turnURL, client: true}
+// A one-shot receiver is an OpenDHT client node (o.client): behind a NAT it
+// could not answer other nodes' queries anyway, and lookups would wait for it.
+func receiveOnline(ctx context.Context, info io.Writer, ident *identity.Identity, only identity.ID, o onlineOptions, opts transfer.ReceiveOptions) error {
 	if !only.IsZero() {
 		o.accept = func(id identity.ID) bool { return id == only }
 	}
@@ -361,11 +385,26 @@ func serveOne(ctx context.Context, conn net.Conn, ident *identity.Identity, only
 	return rep, err
 }
 
-// consentPolicy accepts with --yes, asks on a terminal, and refuses otherwise.
-func consentPolicy(cmd *cobra.Command, yes bool) func(context.Context, *transfer.OfferInfo) error {
+// consentPolicy decides on an offer: --yes accepts everything; otherwise
+// the configured policy for contacts (default auto) or for other devices
+// (default ask) applies, and "ask" asks at the terminal, declining when
+// there is none.
+func consentPolicy(yes bool, contacts config.Contacts, policy config.Accept) func(context.Context, *transfer.OfferInfo) error {
 	return func(ctx context.Context, o *transfer.OfferInfo) error {
 		if yes {
 			return nil
+		}
+		who := o.Remote
+		rule := policy.Others
+		if name := contacts.NameOf(o.Remote); name != "" {
+			who = fmt.Sprintf("%s (%s)", name, o.Remote)
+			rule = policy.Contacts
+		}
+		switch rule {
+		case config.AcceptAuto:
+			return nil
+		case config.AcceptRefuse:
+			return errors.New("the receiver does not accept transfers from this device")
 		}
 		tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
 		if err != nil || !term.IsTerminal(int(tty.Fd())) {
@@ -375,7 +414,7 @@ func consentPolicy(cmd *cobra.Command, yes bool) func(context.Context, *transfer
 			return errors.New("the receiver did not consent (no terminal to ask; it needs --yes)")
 		}
 		defer tty.Close()
-		fmt.Fprintf(tty, "%s offers %d file(s), %s", o.Remote, o.Files, transfer.FormatBytes(o.Bytes))
+		fmt.Fprintf(tty, "%s offers %d file(s), %s", who, o.Files, transfer.FormatBytes(o.Bytes))
 		if o.Skip > 0 || o.Resume > 0 {
 			fmt.Fprintf(tty, " (%s to move)", transfer.FormatBytes(o.Move))
 		}
