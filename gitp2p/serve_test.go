@@ -201,3 +201,71 @@ func FuzzServe(f *testing.F) {
 		}
 	})
 }
+
+// TestNoDone drives upload-pack as a stateless (HTTP-like) client would:
+// multi_ack_detailed and no-done, one have that is the want's parent. The
+// server says common, ready, NAK, then ACK and sends the pack without
+// waiting for "done".
+func TestNoDone(t *testing.T) {
+	dir, first := testRepo(t)
+	cmd := exec.Command("git", "-c", "user.name=T", "-c", "user.email=t@example.org", "commit", "-q", "--allow-empty", "-m", "two")
+	cmd.Dir = dir
+	cmd.Env = append(cleanEnv(), "HOME="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	out, _ := exec.Command("git", "-C", dir, "rev-parse", "HEAD").Output()
+	second := strings.TrimSpace(string(out))
+	repo, err := OpenRepo(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in []byte
+	in = AppendString(in, "want "+second+" multi_ack_detailed no-done side-band-64k ofs-delta\n")
+	in = AppendFlush(in)
+	in = AppendString(in, "have "+first+"\n")
+	in = AppendFlush(in)
+	rw := &pipeRW{r: bytes.NewReader(in)}
+	if err := UploadPack(context.Background(), repo, rw, rw); err != nil {
+		t.Fatal(err)
+	}
+	b := rw.Bytes()
+	var lines []string
+	var pack []byte
+	flushes := 0
+	for len(b) > 0 {
+		kind, p, n, err := Parse(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = b[n:]
+		if kind == Flush {
+			flushes++
+			continue
+		}
+		if flushes == 1 && len(lines) < 4 { // after the advertisement
+			lines = append(lines, strings.TrimSpace(string(p)))
+			continue
+		}
+		if flushes == 1 {
+			band, d, err := ParseSideband(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if band == BandData {
+				pack = append(pack, d...)
+			}
+		}
+	}
+	want := []string{"ACK " + first + " common", "ACK " + first + " ready", "NAK", "ACK " + first}
+	if strings.Join(lines, "|") != strings.Join(want, "|") {
+		t.Fatalf("negotiation %q, want %q", lines, want)
+	}
+	if flushes != 2 || len(pack) < 32 || string(pack[:4]) != "PACK" {
+		t.Fatalf("pack of %d bytes, %d flushes", len(pack), flushes)
+	}
+	// The pack holds the new commit only (its tree is the first one's).
+	if n := int(pack[11]); n != 1 {
+		t.Fatalf("pack has %d objects, want 1", n)
+	}
+}
