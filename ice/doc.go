@@ -13,7 +13,34 @@
 // regular and aggressive nomination, role-conflict resolution), which takes
 // the time as an argument.
 //
-// The Agent is the socket half; see agent.go.
+// The Agent is the socket half:
+//
+//	a, _ := ice.NewAgent(ice.Config{Addrs: ..., STUN: ..., Relay: ice.TURNRelay(client), Controlling: offerer})
+//	desc, _ := a.Gather(ctx)          // send desc.Marshal() to the peer (DHT, file, pipe)
+//	conn, report, err := a.Connect(ctx, peerDesc)
+//
+// Gather listens on a passive and an S-O port per allowed address (both
+// with SO_REUSEPORT, so the same ports also connect out), asks each STUN
+// server over TCP from those very ports for server-reflexive candidates,
+// and makes one relayed passive candidate through Relay. Connect runs the
+// check loop (one goroutine owning the Checklist; a reader goroutine per
+// connection, a goroutine per pending connect), selects a pair, closes
+// every other socket, waits for every goroutine it started, and returns
+// the selected connection as a *Conn. An agent is used for one Connect.
+//
+// Checks by tcptype (RFC 6544 §6-7): a local active candidate connects to
+// the remote passive one and sends its check on that connection; a local
+// S-O candidate connects from its own port to the remote S-O address,
+// again after a refusal or a silent drop (a fresh SYN every 250 ms, or
+// 1 ms after a RST, until CheckTimeout), so the two SYNs cross; a passive
+// candidate never initiates: it answers on the connection the peer opened
+// and sends its triggered check there. Checks that arrive from unknown
+// addresses make peer-reflexive remote candidates.
+//
+// Selection (RFC 8445 §8): the controlling agent nominates the best valid
+// direct pair once no higher-priority direct pair is pending (or Settle
+// after the first valid one); a relayed pair only once every direct pair
+// failed or DirectTimeout passed.
 //
 // # Wire format on a candidate pair's TCP connection
 //
