@@ -28,8 +28,9 @@ type RelayAllocation interface {
 	Mapped() netip.AddrPort
 	// Permit installs permissions for peers at these IP addresses
 	// (CreatePermission, RFC 8656 §9); called with the peer's candidate IPs.
-	// An address the server refuses (a private range it will not relay to)
-	// must not keep the others from being permitted: ask for each alone.
+	// An address the server refuses (a private range it will not relay to,
+	// another family) must not keep the others from being permitted: pion's
+	// server stops at the first refused one. Ask for each alone.
 	Permit(ips []netip.Addr) error
 	// Accept returns the next peer connection relayed to us.
 	Accept() (net.Conn, error)
