@@ -59,10 +59,13 @@ func TestConnectRoleConflict(t *testing.T) {
 }
 
 // relayImpls: the project's TURN server and client (what `del turn` runs),
-// and pion/turn v5's, as an independent implementation.
+// pion/turn v5's, and coturn's server.
 var relayImpls = []relayImpl{
 	{"del", func(t testing.TB) netip.AddrPort { return startDelTURN(t, "127.0.0.1", delturnLoopback...) }, delRelay},
 	{"pion", func(t testing.TB) netip.AddrPort { return startTURN(t, "127.0.0.1") }, pionRelay},
+	// coturn 4.6.1 with the project's client: a relayed candidate on a real,
+	// independent TURN server
+	{"coturn", startCoturn, delRelay},
 }
 
 type relayImpl struct {

@@ -1,17 +1,23 @@
 package ice
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/pion/logging"
 	"github.com/pion/turn/v5"
 
+	"github.com/del-share/del/internal/testenv"
 	delturn "github.com/del-share/del/turn"
 )
 
@@ -144,3 +150,60 @@ func delRelay(server netip.AddrPort) RelayFunc {
 }
 
 var delturnLoopback = delturn.LoopbackPeers
+
+// startCoturn runs coturn's turnserver (a real, independent TURN server)
+// on loopback with its own relay port range, and returns its address.
+func startCoturn(t testing.TB) netip.AddrPort {
+	t.Helper()
+	bin := testenv.NeedBinary(t, "turnserver")
+	for attempt := 0; attempt < 3; attempt++ {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().(*net.TCPAddr).AddrPort()
+		ln.Close()
+		var b [1]byte
+		_, _ = rand.Read(b[:])
+		lo := 30000 + int(b[0])%150*100
+		cmd := exec.Command(bin, "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
+			"--listening-port="+strconv.Itoa(int(addr.Port())), "--lt-cred-mech",
+			"--user="+turnUser+":"+turnPass, "--realm="+turnRealm, "--no-tls", "--no-dtls",
+			"--allow-loopback-peers", "--no-cli", "--min-port="+strconv.Itoa(lo),
+			"--max-port="+strconv.Itoa(lo+99), "--log-file=stdout", "--simple-log")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			c, err := net.DialTimeout("tcp4", addr.String(), 200*time.Millisecond)
+			if err == nil {
+				c.Close()
+				t.Cleanup(func() {
+					_ = cmd.Process.Signal(os.Interrupt)
+					select {
+					case <-exited:
+					case <-time.After(5 * time.Second):
+						_ = cmd.Process.Kill()
+						<-exited
+					}
+				})
+				return addr
+			}
+			select {
+			case <-exited:
+				deadline = time.Time{}
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		_ = cmd.Process.Kill()
+		<-exited
+		t.Logf("turnserver did not come up on %s:\n%s", addr, out.String())
+	}
+	t.Fatal("turnserver did not start")
+	return netip.AddrPort{}
+}
