@@ -319,3 +319,29 @@ func FuzzParseDescription(f *testing.F) {
 		}
 	})
 }
+
+// FuzzNextFrame feeds arbitrary bytes to the frame classifier used on live
+// connections (check phase) and to Conn.Read's path: no panic, no loop.
+func FuzzNextFrame(f *testing.F) {
+	req := checkRequest{tx: stun.NewTransactionID(), username: ufragB + ":" + ufragA, priority: 7, tieBreaker: 3}
+	raw, _ := buildCheck(req, pwdB)
+	framed, _ := AppendFrame(nil, raw)
+	f.Add(append(framed, 0, 3, 'a', 'b', 'c'))
+	f.Add([]byte{0x00, 0x14, 0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42})
+	f.Add([]byte{0x10, 0x00, 0x00, 0x01, 0x0f, 0xec, 0x21, 0x12, 0xa4, 0x42})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		br := bufio.NewReaderSize(bytes.NewReader(b), 2+MaxFrame+16)
+		for i := 0; i <= len(b); i++ {
+			kind, _, err := nextFrame(br)
+			if err != nil {
+				return
+			}
+			if kind == frameData {
+				if err := discardFrame(br); err != nil {
+					return
+				}
+			}
+		}
+		t.Fatal("nextFrame did not consume its input")
+	})
+}
