@@ -60,8 +60,10 @@ type signal struct {
 	From  string `json:"from"`
 	To    string `json:"to"`
 	Nonce string `json:"nonce"`
-	Time  int64  `json:"time"` // Unix seconds
-	ICE   string `json:"ice"`  // ice.Description text
+	Time  int64  `json:"time"`          // Unix seconds
+	ICE   string `json:"ice,omitempty"` // ice.Description text
+	// X carries the payload of other kinds (see Host.Handle).
+	X json.RawMessage `json:"x,omitempty"`
 }
 
 // HostConfig configures a Host.
@@ -101,6 +103,7 @@ type Host struct {
 	nonces  map[string]time.Time // seen nonces and when to forget them
 	answers map[string]chan signal
 	last    Timing // phases of the last dial, for reports
+	handles map[string]func(from identity.ID, x json.RawMessage)
 }
 
 // Incoming is a channel the peer opened.
@@ -142,6 +145,7 @@ func NewHost(cfg HostConfig) (*Host, error) {
 		dialing:  map[identity.ID]bool{},
 		nonces:   map[string]time.Time{},
 		answers:  map[string]chan signal{},
+		handles:  map[string]func(identity.ID, json.RawMessage){},
 	}, nil
 }
 
@@ -413,6 +417,13 @@ func (h *Host) handleSignal(v *wire.Value) {
 		return
 	}
 	switch sig.Kind {
+	default:
+		h.mu.Lock()
+		fn := h.handles[sig.Kind]
+		h.mu.Unlock()
+		if fn != nil {
+			fn(from, sig.X)
+		}
 	case "answer":
 		h.mu.Lock()
 		ch := h.answers[sig.Nonce]
@@ -548,6 +559,49 @@ func (h *Host) answer(from identity.ID, req signal) error {
 	h.register(from, l)
 	return nil
 }
+
+// Handle registers fn for signals of the given kind (any kind but
+// "request" and "answer"), sent by Signal; nil removes it. Signals are
+// checked as connection requests are (signed by their sender, for us,
+// fresh, not replayed). fn runs on the host's listening goroutine and must
+// not block.
+func (h *Host) Handle(kind string, fn func(from identity.ID, x json.RawMessage)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if fn == nil {
+		delete(h.handles, kind)
+	} else {
+		h.handles[kind] = fn
+	}
+}
+
+// Signal sends a signal of the given kind with payload x to the device id,
+// signed by us and encrypted for it, through the DHT.
+func (h *Host) Signal(ctx context.Context, to identity.ID, kind string, x any) error {
+	if kind == "request" || kind == "answer" {
+		return errors.New("peer: reserved signal kind " + kind)
+	}
+	raw, err := json.Marshal(x)
+	if err != nil {
+		return err
+	}
+	cert, err := h.cfg.DHT.FindCertificate(ctx, wire.ID(to))
+	if err != nil {
+		return fmt.Errorf("peer: look up %s: %w", to, err)
+	}
+	pub, ok := cert.PublicKey.(*rsa.PublicKey)
+	if !ok || identity.IDOfCert(cert) != to {
+		return fmt.Errorf("peer: the certificate found for %s is not that device's", to)
+	}
+	return h.put(ctx, to, pub, signal{Kind: kind, From: h.ID().String(), To: to.String(),
+		Nonce: randomNonce(), Time: h.cfg.Now().Unix(), X: raw})
+}
+
+// DHT returns the host's DHT node.
+func (h *Host) DHT() *dht.Node { return h.cfg.DHT }
+
+// Identity returns the host's identity.
+func (h *Host) Identity() *identity.Identity { return h.cfg.Identity }
 
 func randomNonce() string {
 	b := make([]byte, 16)

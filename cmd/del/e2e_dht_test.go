@@ -1,13 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // startDHT runs `del dht run` on loopback and returns its address.
@@ -102,5 +106,99 @@ func TestCLIContacts(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(inbox, "hello.txt")); string(got) != "hi bob" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// codeSender starts `del send PATH` (no peer) and returns its process and
+// the printed code phrase.
+func codeSender(t *testing.T, d *device, path string) (<-chan error, *bytes.Buffer, *bytes.Buffer, string) {
+	t.Helper()
+	c := d.cmd("send", "--quiet", path)
+	var out, errOut bytes.Buffer // apart: two writers on one Buffer race
+	pr, pw := io.Pipe()
+	c.Stdout = io.MultiWriter(&out, pw)
+	c.Stderr = &errOut
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Process.Kill() })
+	codes := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "code "); ok {
+				codes <- v
+			}
+		}
+	}()
+	select {
+	case code := <-codes:
+		if !regexp.MustCompile(`^\d{1,4}(-[a-z]+){3}$`).MatchString(code) {
+			t.Fatalf("code %q is not <number>-<word>-<word>-<word>", code)
+		}
+		done := make(chan error, 1)
+		go func() { err := c.Wait(); pw.Close(); done <- err }()
+		return done, &out, &errOut, code
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no code printed: %s", errOut.String())
+		return nil, nil, nil, ""
+	}
+}
+
+func TestCLICodePhrase(t *testing.T) {
+	boot := startDHT(t)
+	t.Setenv("DEL_BOOTSTRAP", boot)
+	t.Setenv("DEL_INTERFACES", "lo")
+	alice, bob := newDevice(t, 0), newDevice(t, 1)
+	f := filepath.Join(t.TempDir(), "one-off.txt")
+	os.WriteFile(f, []byte("no ids exchanged"), 0o644)
+
+	send, sendOut, sendErr, code := codeSender(t, alice, f)
+	inbox := t.TempDir()
+	out, err := bob.cmd("receive", "--quiet", "--dir", inbox, code).CombinedOutput()
+	if err != nil {
+		t.Fatalf("receive with the code: %v\n%s", err, out)
+	}
+	if err := waitDone(send); err != nil {
+		t.Fatalf("send: %v\n%s%s", err, sendOut, sendErr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(inbox, "one-off.txt")); string(got) != "no ids exchanged" {
+		t.Fatalf("got %q", got)
+	}
+	if !strings.Contains(sendOut.String(), "to "+bob.id.String()) || !strings.Contains(string(out), "from "+alice.id.String()) {
+		t.Fatalf("summaries do not name the authenticated peers:\n%s\n%s", sendOut, out)
+	}
+}
+
+func TestCLIWrongCodeFailsBothSides(t *testing.T) {
+	boot := startDHT(t)
+	t.Setenv("DEL_BOOTSTRAP", boot)
+	t.Setenv("DEL_INTERFACES", "lo")
+	alice, mallory := newDevice(t, 0), newDevice(t, 2)
+	f := filepath.Join(t.TempDir(), "secret.txt")
+	os.WriteFile(f, []byte("not for guessers"), 0o644)
+	send, sendOut, sendErr, code := codeSender(t, alice, f)
+	// Same number (so the same DHT key), wrong words.
+	parts := strings.SplitN(code, "-", 2)
+	wrong := parts[0] + "-zebra-zebra-zebra"
+	inbox := t.TempDir()
+	out, err := mallory.cmd("receive", "--dir", inbox, wrong).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "wrong code") {
+		t.Fatalf("receive with a wrong code: err %v\n%s", err, out)
+	}
+	if err := waitDone(send); err == nil || !strings.Contains(sendErr.String(), "wrong code") {
+		t.Fatalf("sender after a wrong code: err %v\n%s%s", err, sendOut, sendErr)
+	}
+	if ents, _ := os.ReadDir(inbox); len(ents) != 0 {
+		t.Fatalf("a wrong code received %v", ents)
+	}
+}
+
+func waitDone(done <-chan error) error {
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(60 * time.Second):
+		return errors.New("did not finish")
 	}
 }

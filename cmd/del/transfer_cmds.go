@@ -52,13 +52,17 @@ func newSendCmd() *cobra.Command {
 		limit     string
 		turnURL   string
 		relayMode string
+		useCode   bool
 	)
 	cmd := &cobra.Command{
-		Use:   "send <peer-id>@<host>:<port> PATH... | -",
-		Short: "Send files, directories or stdin (-) to a peer",
-		Long: `Send files, directories (recursively) or standard input ("-") to a peer.
+		Use:   "send [<peer-id>[@<host>:<port>] | <contact>] PATH... | -",
+		Short: "Send files, directories or stdin (-) to a peer, or to whoever has the printed code",
+		Long: `Send files, directories (recursively) or standard input ("-") to a peer:
+by its id (found through the DHT), by contact name, or at a direct address
+<peer-id>@<host>:<port>. Without a peer (or with --code), del prints a code
+phrase; the receiver runs "del receive <code>".
 Exits 0 only when the receiver has confirmed every file's content hash.`,
-		Args: cobra.MinimumNArgs(2),
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			cfg, home, err := loadConfig()
@@ -69,9 +73,13 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 			if err != nil {
 				return err
 			}
-			want, addr, err := parseTarget(args[0], contacts)
-			if err != nil {
-				return err
+			want, addr, terr := parseTarget(args[0], contacts)
+			paths := args[1:]
+			if useCode || len(args) == 1 || terr != nil {
+				if !useCode && len(args) > 1 && !pathExists(args[0]) {
+					return terr // a mistyped peer id or contact, not a path
+				}
+				useCode, paths = true, args
 			}
 			var rate int64
 			if limit != "" {
@@ -83,7 +91,6 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 			if err != nil {
 				return err
 			}
-			paths := args[1:]
 			var src *transfer.Source
 			if len(paths) == 1 && paths[0] == "-" {
 				src, err = transfer.StreamSource(name, os.Stdin)
@@ -106,6 +113,15 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 			tc, err := turnClient(turnURL, cfg)
 			if err != nil {
 				return err
+			}
+			sopts := transfer.SendOptions{Progress: newProgress(cmd.ErrOrStderr(), "sending", quiet), RateLimit: rate}
+			if useCode {
+				rep, err := sendWithCode(ctx, cmd.OutOrStdout(), ident, onlineOptions{cfg: cfg, turnURL: turnURL, client: true}, src, sopts)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "sent %s to %s\n", describe(rep), rep.Remote)
+				return nil
 			}
 			dctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
@@ -141,7 +157,7 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 				via = how
 			}
 			defer ch.Close()
-			rep, err := transfer.Send(ctx, ch, src, transfer.SendOptions{Progress: newProgress(cmd.ErrOrStderr(), "sending", quiet), RateLimit: rate})
+			rep, err := transfer.Send(ctx, ch, src, sopts)
 			if err != nil {
 				return err
 			}
@@ -153,9 +169,15 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	cmd.Flags().DurationVar(&timeout, "connect-timeout", 30*time.Second, "how long to try to reach the peer")
 	cmd.Flags().StringVar(&turnURL, "turn", "", "TURN server for going out through a relay: turn://USER:PASS@HOST:PORT (default $DEL_TURN)")
+	cmd.Flags().BoolVar(&useCode, "code", false, "send to whoever enters the printed code phrase (the default when no peer is named)")
 	cmd.Flags().StringVar(&relayMode, "relay", "auto", "auto: relay only if the direct connection fails; always; never")
 	cmd.Flags().StringVar(&limit, "limit-rate", "", "cap the data rate in bytes per second (suffixes k, M, G: powers of 1000)")
 	return cmd
+}
+
+func pathExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil || p == "-"
 }
 
 // describe summarises a report: files, bytes, time, rate, skips, resumes.
@@ -185,13 +207,17 @@ func newReceiveCmd() *cobra.Command {
 		permit    []string
 	)
 	cmd := &cobra.Command{
-		Use:   "receive [--listen HOST:PORT] [--dir DIR] [--yes]",
+		Use:   "receive [CODE] [--listen HOST:PORT] [--dir DIR] [--yes]",
 		Short: "Receive one transfer from a peer",
-		Long: `Receive one transfer. With --listen, prints "listening <peer-id>@<host>:<port>"
-once ready; a sender then runs: del send <peer-id>@<host>:<port> PATH...
+		Long: `Receive one transfer.
+  del receive CODE          from the sender that printed the code phrase
+  del receive               online through the DHT; prints "listening <peer-id>"
+  del receive --listen H:P  prints "listening <peer-id>@<host>:<port>"
+  del receive --turn URL    on a TURN relay's address
 Nothing is accepted without consent: --yes, an answer at the terminal prompt,
-or --from limiting who may send.`,
-		Args: cobra.NoArgs,
+the accept policy of config.toml (contacts are accepted by default), --from
+limiting who may send, or a code phrase (entering it is consent).`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			cfg, home, err := loadConfig()
@@ -241,6 +267,12 @@ or --from limiting who may send.`,
 			}
 			if toStdout {
 				opts.Stdout = out
+			}
+			if len(args) == 1 {
+				if len(cfg.Bootstrap) == 0 {
+					return errNoBootstrap
+				}
+				return receiveWithCode(ctx, info, ident, onlineOptions{cfg: cfg, turnURL: turnURL, client: true}, args[0], opts)
 			}
 			if online {
 				return receiveOnline(ctx, info, ident, only, onlineOptions{cfg: cfg, turnURL: turnURL, client: true}, opts)
