@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -121,6 +122,20 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "sent %s to %s\n", describe(rep), rep.Remote)
+				return nil
+			}
+			if c := daemonConn(home); addr == "" && c != nil && !(len(paths) == 1 && paths[0] == "-") {
+				abs := make([]string, len(paths))
+				for i, p := range paths {
+					if abs[i], err = filepath.Abs(p); err != nil {
+						return err
+					}
+				}
+				text, err := viaDaemon(c, ctlRequest{Op: "send", To: want.String(), Paths: abs, Limit: rate}, sopts.Progress, cmd.ErrOrStderr())
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), text)
 				return nil
 			}
 			dctx, cancel := context.WithTimeout(ctx, timeout)
@@ -267,6 +282,22 @@ limiting who may send, or a code phrase (entering it is consent).`,
 			}
 			if toStdout {
 				opts.Stdout = out
+			}
+			if c := daemonConn(home); c != nil && (len(args) == 1 || online) {
+				if len(args) == 1 || toStdout || !only.IsZero() {
+					c.Close()
+					return fmt.Errorf("a daemon keeps this device online (%s): it receives by id; code phrases, --stdout and --from need it stopped", filepath.Join(home, daemonSocket))
+				}
+				absDir, err := filepath.Abs(dir)
+				if err != nil {
+					return err
+				}
+				text, err := viaDaemon(c, ctlRequest{Op: "receive", Dir: absDir, Yes: yes, Overwrite: overwrite}, opts.Progress, info)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(info, text)
+				return nil
 			}
 			if len(args) == 1 {
 				if len(cfg.Bootstrap) == 0 {
