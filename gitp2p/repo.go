@@ -37,6 +37,14 @@ func OpenRepo(ctx context.Context, path string) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The common layouts are recognised without a subprocess: every
+	// session opens its repository.
+	if fi, err := os.Stat(filepath.Join(abs, ".git")); err == nil && fi.IsDir() && isGitDir(filepath.Join(abs, ".git")) {
+		return &Repo{GitDir: filepath.Join(abs, ".git")}, nil
+	}
+	if isGitDir(abs) {
+		return &Repo{GitDir: abs, Bare: filepath.Base(abs) != ".git"}, nil
+	}
 	r := &Repo{}
 	cmd := exec.CommandContext(ctx, r.git(), "rev-parse", "--absolute-git-dir", "--is-bare-repository")
 	cmd.Dir = abs
@@ -51,6 +59,17 @@ func OpenRepo(ctx context.Context, path string) (*Repo, error) {
 	}
 	r.GitDir, r.Bare = lines[0], lines[1] == "true"
 	return r, nil
+}
+
+// isGitDir reports whether dir looks like a git directory: HEAD, objects/
+// and refs/.
+func isGitDir(dir string) bool {
+	for _, name := range []string{"HEAD", "objects", "refs"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *Repo) git() string {
@@ -131,11 +150,22 @@ func (r *Repo) ReadRefs(ctx context.Context) (*Refs, error) {
 		refs.List = append(refs.List, ref)
 	}
 	sort.Slice(refs.List, func(i, j int) bool { return refs.List[i].Name < refs.List[j].Name })
-	if out, err := r.output(ctx, nil, nil, "symbolic-ref", "-q", "HEAD"); err == nil {
-		refs.HeadTarget = strings.TrimSpace(string(out))
+	// HEAD is read from its file (gitrepository-layout(5)): "ref: <name>"
+	// or a detached object id.
+	head, err := os.ReadFile(filepath.Join(r.GitDir, "HEAD"))
+	if err != nil {
+		return nil, err
 	}
-	if out, err := r.output(ctx, nil, nil, "rev-parse", "-q", "--verify", "HEAD^{commit}"); err == nil {
-		refs.Head = &Ref{Name: "HEAD", OID: strings.TrimSpace(string(out))}
+	h := strings.TrimSpace(string(head))
+	if target, ok := strings.CutPrefix(h, "ref: "); ok {
+		refs.HeadTarget = target
+		for _, ref := range refs.List {
+			if ref.Name == target {
+				refs.Head = &Ref{Name: "HEAD", OID: ref.OID}
+			}
+		}
+	} else if isHex40(h) {
+		refs.Head = &Ref{Name: "HEAD", OID: h}
 	}
 	return refs, nil
 }

@@ -191,7 +191,7 @@ func uploadPack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer) er
 		return err
 	}
 	caps := uploadCaps
-	if refs.HeadTarget != "" {
+	if refs.HeadTarget != "" && refs.Head != nil {
 		caps += " symref=HEAD:" + refs.HeadTarget
 	}
 	caps += " object-format=sha1 agent=" + Agent

@@ -107,6 +107,7 @@ func (d *directDialer) Dial(ctx context.Context, t Target) (*peer.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)
 	}
+	trace("tcp connected to %s", addr)
 	return peer.Client(ctx, conn, peer.Config{Identity: d.ident, Expect: t.Peer})
 }
 
@@ -119,7 +120,18 @@ func gitConfigAddress(id identity.ID) string {
 	return strings.TrimSpace(string(out))
 }
 
+// trace prints timings to stderr when DEL_GIT_TRACE is set, for
+// performance work on the connection setup.
+var trace = func(string, ...any) {}
+
+var traceStart = time.Now()
+
 func main() {
+	if os.Getenv("DEL_GIT_TRACE") != "" {
+		trace = func(format string, a ...any) {
+			fmt.Fprintf(os.Stderr, "git-remote-del %7.1fms: %s\n", float64(time.Since(traceStart).Microseconds())/1000, fmt.Sprintf(format, a...))
+		}
+	}
 	if len(os.Args) < 3 {
 		fmt.Fprintln(os.Stderr, "usage: git-remote-del <remote> <url> (run by git for del:// URLs)")
 		os.Exit(2)
@@ -185,6 +197,7 @@ func defaultDialer() (Dialer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("device identity in %s: %w (run `del id` once to create it)", home, err)
 	}
+	trace("identity loaded")
 	return &directDialer{ident: ident, lookup: gitConfigAddress}, nil
 }
 
@@ -193,10 +206,12 @@ func defaultDialer() (Dialer, error) {
 func connect(ctx context.Context, dialer Dialer, t Target, service string, in *bufio.Reader, out io.Writer) error {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	trace("dialing %s", t.Peer)
 	link, err := dialer.Dial(dctx, t)
 	if err != nil {
 		return err
 	}
+	trace("link up")
 	defer link.Close()
 	ch, err := link.Open(dctx, gitp2p.ChannelPrefix+t.Repo)
 	if err != nil {
@@ -206,6 +221,7 @@ func connect(ctx context.Context, dialer Dialer, t Target, service string, in *b
 	if _, err := ch.Write(gitp2p.AppendRequest(nil, service, t.Repo)); err != nil {
 		return fmt.Errorf("send request: %w", err)
 	}
+	trace("channel open, request sent")
 	// An empty line tells git the connection is established.
 	if _, err := io.WriteString(out, "\n"); err != nil {
 		return err
@@ -222,9 +238,22 @@ func connect(ctx context.Context, dialer Dialer, t Target, service string, in *b
 		}
 	}()
 	// peer -> git: ends when the server closes the channel.
-	_, err = io.Copy(out, ch)
+	first := true
+	_, err = io.Copy(out, readerFunc(func(p []byte) (int, error) {
+		n, err := ch.Read(p)
+		if first && n > 0 {
+			trace("first bytes from the peer")
+			first = false
+		}
+		return n, err
+	}))
+	trace("peer closed the channel")
 	if err != nil && ctx.Err() == nil {
 		return fmt.Errorf("channel: %w", err)
 	}
 	return ctx.Err()
 }
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
