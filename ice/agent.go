@@ -88,6 +88,32 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// validate refuses settings that cannot work.
+func (c *Config) validate() error {
+	for _, a := range c.Addrs {
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("ice: cannot gather on address %v", a)
+		}
+	}
+	for _, t := range c.TCPTypes {
+		if t < Active || t > SO {
+			return fmt.Errorf("ice: unknown tcptype %d", t)
+		}
+	}
+	for _, s := range c.STUN {
+		if !s.IsValid() || s.Port() == 0 {
+			return fmt.Errorf("ice: bad STUN server %v", s)
+		}
+	}
+	if c.Nomination > Aggressive {
+		return fmt.Errorf("ice: unknown nomination %d", c.Nomination)
+	}
+	if c.Ta < 0 || c.CheckTimeout < 0 || c.DirectTimeout < 0 || c.Settle < 0 || c.Timeout < 0 {
+		return errors.New("ice: negative duration")
+	}
+	return nil
+}
+
 // Errors of the agent.
 var (
 	// ErrNoPath: no pair was selected before the deadline.
@@ -132,6 +158,9 @@ type acceptedConn struct {
 
 // NewAgent returns an agent with fresh credentials.
 func NewAgent(cfg Config) (*Agent, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
 	cfg.setDefaults()
 	var tb [8]byte
 	if _, err := rand.Read(tb[:]); err != nil {

@@ -220,3 +220,28 @@ func TestConnectIPv6(t *testing.T) {
 	}
 	exchange(t, ra.conn, rb.conn, 1000)
 }
+
+func TestConfigValidate(t *testing.T) {
+	bad := []Config{
+		{Addrs: []netip.Addr{{}}},
+		{Addrs: []netip.Addr{netip.MustParseAddr("0.0.0.0")}},
+		{TCPTypes: []TCPType{9}},
+		{STUN: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}},
+		{Nomination: 7},
+		{CheckTimeout: -time.Second},
+	}
+	for i, c := range bad {
+		if _, err := NewAgent(c); err == nil {
+			t.Errorf("config %d accepted: %+v", i, c)
+		}
+	}
+	a, err := NewAgent(Config{Addrs: loopback})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	a.Close() // safe twice
+	if _, _, err := a.Connect(context.Background(), Description{}); err != ErrClosed {
+		t.Errorf("Connect after Close: %v", err)
+	}
+}

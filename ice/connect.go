@@ -1,52 +1,16 @@
 package ice
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/pion/stun/v4"
 )
-
-// pconn is one TCP connection of a candidate pair during checks. Its reader
-// goroutine consumes STUN frames only: the first non-STUN frame (the peer
-// already sends application data) is left in br for the returned Conn.
-type pconn struct {
-	c      net.Conn
-	br     *bufio.Reader
-	local  Candidate      // the local candidate: the listener's, or the dialing pair's
-	remote netip.AddrPort // the peer's transport address as seen on this connection
-	pair   *Pair          // nil until a check identifies it (accepted connections)
-
-	wmu      sync.Mutex // serializes frame writes
-	stopping atomic.Bool
-	stopc    chan struct{} // closed by handOver: the reader must not block
-	// trusted: an authenticated check or response was seen on this
-	// connection, so the peer may now send application data on it. Before,
-	// a non-STUN frame is garbage and is dropped.
-	trusted atomic.Bool
-	done    chan struct{} // closed when the reader goroutine exits
-}
-
-func (pc *pconn) writeFrame(p []byte, timeout time.Duration) error {
-	b, err := AppendFrame(make([]byte, 0, 2+len(p)), p)
-	if err != nil {
-		return err
-	}
-	pc.wmu.Lock()
-	defer pc.wmu.Unlock()
-	_ = pc.c.SetWriteDeadline(time.Now().Add(timeout))
-	_, err = pc.c.Write(b)
-	_ = pc.c.SetWriteDeadline(time.Time{})
-	return err
-}
 
 type evKind uint8
 
@@ -367,139 +331,6 @@ func (r *run) send(p *Pair, pc *pconn, now time.Time) {
 	r.txns[req.tx] = &txn{pair: p, pc: pc, deadline: now.Add(r.a.cfg.CheckTimeout), useCandidate: use, controlling: req.controlling}
 }
 
-// addConn registers a connection and starts its reader.
-func (r *run) addConn(c net.Conn, local Candidate, p *Pair) *pconn {
-	if r.a.cfg.connHook != nil {
-		c = r.a.cfg.connHook(c, p != nil)
-	}
-	ra := addrPortOf(c.RemoteAddr())
-	pc := &pconn{
-		c: c, br: bufio.NewReaderSize(c, 2+MaxFrame+16), local: local, pair: p,
-		remote: netip.AddrPortFrom(ra.Addr().Unmap(), ra.Port()),
-		done:   make(chan struct{}),
-		stopc:  make(chan struct{}),
-	}
-	r.a.mu.Lock()
-	if r.a.closed {
-		r.a.mu.Unlock()
-		c.Close()
-		return nil
-	}
-	r.a.conns[pc] = true
-	r.a.mu.Unlock()
-	if p != nil {
-		r.connOf[p] = pc
-	}
-	r.a.wg.Add(1)
-	go r.read(pc)
-	return pc
-}
-
-// read delivers STUN frames of pc to the loop until an error, a data frame
-// or a stop request.
-func (r *run) read(pc *pconn) {
-	defer r.a.wg.Done()
-	defer close(pc.done)
-	for {
-		kind, m, err := nextFrame(pc.br)
-		if pc.stopping.Load() {
-			return
-		}
-		var ev event
-		switch {
-		case err != nil:
-			ev = event{kind: evClosed, pc: pc, err: err}
-		case kind == frameData && !pc.trusted.Load():
-			if err := discardFrame(pc.br); err != nil {
-				ev = event{kind: evClosed, pc: pc, err: err}
-				break
-			}
-			continue
-		case kind == frameData:
-			ev = event{kind: evData, pc: pc}
-		case m == nil:
-			continue // malformed STUN (no FINGERPRINT...): dropped
-		default:
-			ev = event{kind: evMessage, pc: pc, msg: m}
-		}
-		if ev.kind == evMessage {
-			// The loop acknowledges each message once handled: whether the
-			// next non-STUN frame is data (trusted) or garbage depends on it.
-			ev.ack = make(chan struct{})
-		}
-		select {
-		case r.events <- ev:
-		case <-r.ctx.Done():
-			return
-		case <-pc.stopc:
-			return
-		}
-		if ev.kind != evMessage {
-			return
-		}
-		select {
-		case <-ev.ack:
-		case <-r.ctx.Done():
-			return
-		case <-pc.stopc:
-			return
-		}
-	}
-}
-
-type frameKind uint8
-
-const (
-	frameSTUN frameKind = iota + 1
-	frameData
-)
-
-// nextFrame classifies the next frame of br. A STUN frame is consumed and
-// returned decoded (nil if it does not decode or has no valid FINGERPRINT);
-// a data frame is left unread. An oversized STUN frame is an error.
-func nextFrame(br *bufio.Reader) (frameKind, *stun.Message, error) {
-	h, err := br.Peek(2)
-	if err != nil {
-		return 0, nil, err
-	}
-	n := int(h[0])<<8 | int(h[1])
-	if n < 20 {
-		return frameData, nil, nil
-	}
-	hdr, err := br.Peek(2 + 20)
-	if err != nil {
-		return 0, nil, err
-	}
-	if !stun.IsMessage(hdr[2:]) || 20+(int(hdr[4])<<8|int(hdr[5])) != n {
-		return frameData, nil, nil
-	}
-	if n > maxCheckFrame {
-		return 0, nil, fmt.Errorf("%w: STUN frame of %d bytes", ErrFrameTooLarge, n)
-	}
-	b, err := peekFrame(br, maxCheckFrame)
-	if err != nil {
-		return 0, nil, err
-	}
-	m, derr := decodeSTUN(b)
-	if _, err := br.Discard(2 + n); err != nil {
-		return 0, nil, err
-	}
-	if derr != nil {
-		return frameSTUN, nil, nil
-	}
-	return frameSTUN, m, nil
-}
-
-// discardFrame skips the next frame of br.
-func discardFrame(br *bufio.Reader) error {
-	h, err := br.Peek(2)
-	if err != nil {
-		return err
-	}
-	_, err = br.Discard(2 + (int(h[0])<<8 | int(h[1])))
-	return err
-}
-
 // handle processes one event of the loop.
 func (r *run) handle(ev event) {
 	now := r.a.cfg.Now()
@@ -553,147 +384,6 @@ func (r *run) dropConn(pc *pconn, err error) {
 	}
 }
 
-// remoteFor identifies the remote candidate a check on pc came from
-// (RFC 8445 §7.3.1.3, RFC 6544 §7.2): a known candidate, or a new
-// peer-reflexive one.
-func (r *run) remoteFor(pc *pconn, req checkRequest) Candidate {
-	if pc.pair != nil {
-		return pc.pair.Remote
-	}
-	want := Active
-	if pc.local.TCPType == SO {
-		want = SO
-	}
-	for _, c := range r.remote.Candidates {
-		if c.TCPType != want {
-			continue
-		}
-		// an active candidate's port is 9 in its description: match on the IP
-		if (want == Active && c.Addr.Addr() == pc.remote.Addr()) || c.Addr == pc.remote {
-			return c
-		}
-	}
-	r.prflxN++
-	c := Candidate{
-		Foundation: fmt.Sprintf("prflx%d", r.prflxN),
-		Component:  1,
-		Priority:   req.priority,
-		Addr:       pc.remote,
-		Type:       PeerReflexive,
-		TCPType:    want,
-	}
-	r.remote.Candidates = append(r.remote.Candidates, c)
-	return c
-}
-
-func (r *run) respond(pc *pconn, raw []byte, err error) {
-	if err != nil {
-		return
-	}
-	if werr := pc.writeFrame(raw, r.a.cfg.CheckTimeout); werr != nil {
-		r.logf("ice: respond to %s: %v", pc.remote, werr)
-	}
-}
-
-// onRequest answers a check (RFC 8445 §7.3).
-func (r *run) onRequest(pc *pconn, m *stun.Message, now time.Time) {
-	req, err := parseCheck(m, r.a.ufrag, r.a.pwd)
-	if err != nil {
-		if code := checkError(err); code != 0 {
-			raw, berr := buildError(m.TransactionID, code, "")
-			r.respond(pc, raw, berr)
-		}
-		r.logf("ice: bad check from %s: %v", pc.remote, err)
-		return
-	}
-	pc.trusted.Store(true)
-	switch ResolveRoleConflict(r.cl.Controlling, r.a.tieBreaker, req.controlling, req.tieBreaker) {
-	case KeepRole:
-		raw, berr := buildError(req.tx, stun.CodeRoleConflict, r.a.pwd)
-		r.respond(pc, raw, berr)
-		return
-	case SwitchRole:
-		r.logf("ice: role conflict: now controlling=%v", !r.cl.Controlling)
-		r.cl.SetRole(!r.cl.Controlling)
-	}
-	remote := r.remoteFor(pc, req)
-	p, check := r.cl.Triggered(pc.local, remote, false)
-	if p == nil {
-		return
-	}
-	if pc.pair == nil {
-		pc.pair = p
-	}
-	if r.connOf[p] == nil {
-		r.connOf[p] = pc
-	}
-	if req.useCandidate && !r.cl.Controlling {
-		if r.committed != nil && r.committed != p {
-			r.logf("ice: USE-CANDIDATE on %s ignored: committed to %s", p, r.committed)
-			return
-		}
-		r.committed = p
-		r.cl.Triggered(pc.local, remote, true)
-		raw, berr := buildSuccess(req.tx, pc.remote, r.a.pwd)
-		r.respond(pc, raw, berr)
-		// The controlling agent nominates only a pair whose check succeeded,
-		// over this very TCP connection, and the request is authenticated:
-		// both directions work. Waiting for our own check would deadlock when
-		// the controlling agent has already handed the connection to an
-		// application that does not read (see the package doc).
-		if p.State != Succeeded {
-			r.cl.Succeeded(p, now, false)
-		}
-		return
-	}
-	raw, berr := buildSuccess(req.tx, pc.remote, r.a.pwd)
-	r.respond(pc, raw, berr)
-	if check || (p.State == InProgress && !r.pending(p)) {
-		r.cl.Start(p, now)
-		r.send(p, r.connOf[p], now)
-	}
-}
-
-func (r *run) pending(p *Pair) bool {
-	for _, t := range r.txns {
-		if t.pair == p {
-			return true
-		}
-	}
-	return false
-}
-
-// onResponse processes the answer to one of our checks (RFC 8445 §7.2.5).
-func (r *run) onResponse(pc *pconn, m *stun.Message, now time.Time) {
-	t := r.txns[m.TransactionID]
-	if t == nil || t.pc != pc {
-		return // unknown or late: dropped
-	}
-	resp, err := parseResponse(m, r.remote.Pwd)
-	if err != nil {
-		r.logf("ice: bad response from %s: %v", pc.remote, err)
-		return
-	}
-	delete(r.txns, m.TransactionID)
-	p := t.pair
-	switch {
-	case resp.ok:
-		pc.trusted.Store(true)
-		if resp.mapped.IsValid() {
-			p.Mapped = resp.mapped.String()
-		}
-		r.cl.Succeeded(p, now, t.useCandidate)
-	case resp.code == stun.CodeRoleConflict:
-		// §7.2.5.1: switch role and repeat the check.
-		if t.controlling == r.cl.Controlling {
-			r.cl.SetRole(!r.cl.Controlling)
-		}
-		r.cl.Retry(p)
-	default:
-		r.cl.Fail(p, fmt.Errorf("error response %d", resp.code))
-	}
-}
-
 // handOver stops the winner's reader without losing buffered bytes,
 // closes every other connection and returns the Conn.
 func (r *run) handOver(p *Pair) *Conn {
@@ -712,17 +402,4 @@ func (r *run) handOver(p *Pair) *Conn {
 		relay = a.relay
 	}
 	return newConn(pc, *p, a.ufrag, a.pwd, relay, &a.relayWG)
-}
-
-// addrPortOf converts a connection's address (a *net.TCPAddr, or whatever a
-// relay client returns) to a netip.AddrPort; zero if it cannot.
-func addrPortOf(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok && ta != nil {
-		return ta.AddrPort()
-	}
-	if a == nil {
-		return netip.AddrPort{}
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
 }
