@@ -202,3 +202,64 @@ func waitDone(done <-chan error) error {
 		return errors.New("did not finish")
 	}
 }
+
+// TestCLIByIDReceiverComesBack: the receiver vanishes mid-transfer (killed),
+// comes back online under the same id, and the next send by id moves only
+// the rest, with an identical result.
+func TestCLIByIDReceiverComesBack(t *testing.T) {
+	boot := startDHT(t)
+	t.Setenv("DEL_BOOTSTRAP", boot)
+	t.Setenv("DEL_INTERFACES", "lo")
+	alice, bob := newDevice(t, 0), newDevice(t, 1)
+	data := randomData(t, 24<<20)
+	src := filepath.Join(t.TempDir(), "big.bin")
+	os.WriteFile(src, data, 0o644)
+	inbox := t.TempDir()
+
+	r := bob.receiveArgs("--dir", inbox, "--yes", "--quiet")
+	send := alice.cmd("send", "--quiet", "--limit-rate", "8M", bob.id.String(), src)
+	if err := send.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitPartial(t, inbox, 6<<20)
+	r.cmd.Process.Kill()
+	r.wait(t)
+	if err := send.Wait(); err == nil {
+		t.Fatal("sender exited 0 although the receiver vanished")
+	}
+
+	r = bob.receiveArgs("--dir", inbox, "--yes", "--quiet")
+	out, err := alice.cmd("send", "--quiet", bob.id.String(), src).CombinedOutput()
+	if err != nil {
+		t.Fatalf("send after the receiver came back: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "resumed") {
+		t.Fatalf("not resumed: %s", out)
+	}
+	if err := r.wait(t); err != nil {
+		t.Fatalf("receive: %v\n%s", err, r.stderr)
+	}
+	got, _ := os.ReadFile(filepath.Join(inbox, "big.bin"))
+	if !bytes.Equal(got, data) {
+		t.Fatal("resumed file differs")
+	}
+}
+
+// waitPartial waits until a partial file of at least n bytes exists in dir.
+func waitPartial(t *testing.T, dir string, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for range tick.C {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if fi, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".delpart") && fi.Size() >= n {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no partial file of %d bytes appeared", n)
+		}
+	}
+}
