@@ -269,3 +269,31 @@ func TestNoDone(t *testing.T) {
 		t.Fatalf("pack has %d objects, want 1", n)
 	}
 }
+
+// TestStaleOldValue: an update whose old value is not the ref's current
+// value is refused ("stale info") and the ref does not move.
+func TestStaleOldValue(t *testing.T) {
+	dir, head := testRepo(t)
+	repo, err := OpenRepo(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := strings.Repeat("1", 40)
+	var in []byte
+	in = AppendString(in, stale+" "+ZeroID+" refs/tags/v1\x00report-status delete-refs\n")
+	in = AppendString(in, head+" "+ZeroID+" refs/heads/nope\n")
+	in = AppendFlush(in)
+	rw := &pipeRW{r: bytes.NewReader(in)}
+	if err := ReceivePack(context.Background(), repo, rw, rw, ReceiveOptions{AllowForce: true}); err != nil {
+		t.Fatal(err)
+	}
+	out := string(rw.Bytes())
+	for _, want := range []string{"unpack ok", "ng refs/tags/v1 stale info", "ng refs/heads/nope stale info"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("report lacks %q:\n%q", want, out)
+		}
+	}
+	if _, err := exec.Command("git", "-C", dir, "rev-parse", "-q", "--verify", "refs/tags/v1").Output(); err != nil {
+		t.Fatal("v1 was deleted")
+	}
+}

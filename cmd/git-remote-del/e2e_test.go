@@ -298,8 +298,12 @@ func TestCloneFetchPush(t *testing.T) {
 	c := s.client
 	work := t.TempDir()
 	clone := filepath.Join(work, "clone")
-	out := c.git(work, "clone", s.srv.url("proj"), clone)
+	out := c.git(work, "clone", "--progress", s.srv.url("proj"), clone)
 	t.Logf("clone: %s", out)
+	// pack-objects' progress reached git on side-band 2.
+	if !strings.Contains(out, "remote: Enumerating objects") && !strings.Contains(out, "remote: Counting objects") {
+		t.Errorf("no remote progress in the clone's output:\n%s", out)
+	}
 	// Every branch and tag arrived with the same ids, HEAD is main.
 	want := strings.ReplaceAll(refsOf(s.owner, s.src, "refs/heads"), "refs/heads/", "refs/remotes/origin/")
 	got := refsOf(c, clone, "refs/remotes/origin/main", "refs/remotes/origin/dev", "refs/remotes/origin/topic")
@@ -357,6 +361,15 @@ func TestCloneFetchPush(t *testing.T) {
 		t.Fatalf("origin/main %s, want %s", got, want)
 	}
 	c.fsck(clone)
+
+	// A tag made on the server is followed by a fetch of one branch
+	// (include-tag puts the tag object in the same pack).
+	s.owner.git(s.src, "commit", "-q", "--allow-empty", "-m", "tagged")
+	s.owner.git(s.src, "tag", "-a", "v3", "-m", "version 3", "main")
+	c.git(clone, "fetch", "origin")
+	if got, want := c.git(clone, "rev-parse", "v3"), s.owner.git(s.src, "rev-parse", "v3"); got != want {
+		t.Fatalf("followed tag v3 is %s, want %s", got, want)
+	}
 
 	// pull works too.
 	c.git(clone, "pull", "-q", "--ff-only")
