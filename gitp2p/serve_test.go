@@ -297,3 +297,34 @@ func TestStaleOldValue(t *testing.T) {
 		t.Fatal("v1 was deleted")
 	}
 }
+
+func TestListRoundTrip(t *testing.T) {
+	var a, b identity.ID
+	a[0], b[0] = 1, 2
+	s := &Shares{}
+	s.Add(Share{Name: "one", Path: "/x"})
+	s.Add(Share{Name: "two", Path: "/y", Push: []string{a.String()}, Force: true})
+	for _, tc := range []struct {
+		who  identity.ID
+		want string
+	}{{a, "one read,two force"}, {b, "one read,two read"}} {
+		var buf bytes.Buffer
+		if err := WriteList(&buf, s.List(tc.who)); err != nil {
+			t.Fatal(err)
+		}
+		l, err := ReadList(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range l {
+			got = append(got, e.Name+" "+e.Access)
+		}
+		if strings.Join(got, ",") != tc.want {
+			t.Fatalf("listing %q, want %q", got, tc.want)
+		}
+	}
+	if _, err := ReadList(strings.NewReader("000dbad/name x\n0000")); err == nil {
+		t.Fatal("bad listing accepted")
+	}
+}

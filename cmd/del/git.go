@@ -122,10 +122,15 @@ func newGitUnshareCmd() *cobra.Command {
 
 func newGitListCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "list",
-		Short: "List this device's shared repositories: NAME PATH [push:ID,...] [force]",
-		Args:  cobra.NoArgs,
+		Use:   "list [<peer-id>@<host>:<port>]",
+		Short: "List this device's shared repositories, or those a peer shares with this device",
+		Long: `Without an argument: this device's shares, one per line: NAME PATH [push:ID,...] [force].
+With a peer: the repositories it lets this device reach, one per line: NAME read|push|force.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				return listRemote(cmd, args[0])
+			}
 			file, err := sharesFile()
 			if err != nil {
 				return err
@@ -239,6 +244,15 @@ func (s *gitServer) serveLink(ctx context.Context, conn net.Conn) {
 		if err != nil {
 			return
 		}
+		if name == gitp2p.ListChannel {
+			var l []gitp2p.Listing
+			if lister, ok := s.policy.(gitp2p.Lister); ok {
+				l = lister.List(link.Remote)
+			}
+			gitp2p.WriteList(ch, l)
+			peer.Finish(ch, 10*time.Second)
+			continue
+		}
 		repo, ok := strings.CutPrefix(name, gitp2p.ChannelPrefix)
 		if !ok {
 			s.log("%s opened channel %q: not a git channel", link.Remote, name)
@@ -256,4 +270,46 @@ func (s *gitServer) serveLink(ctx context.Context, conn net.Conn) {
 			peer.Finish(ch, 10*time.Second)
 		}()
 	}
+}
+
+// listRemote asks a peer which repositories it shares with this device.
+func listRemote(cmd *cobra.Command, target string) error {
+	idPart, addr, ok := strings.Cut(target, "@")
+	want, err := identity.ParseID(idPart)
+	if err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(addr); !ok || err != nil {
+		return fmt.Errorf("%q: use <peer-id>@<host>:<port> (finding a peer by id alone is not available yet)", target)
+	}
+	ident, err := loadIdentity(cmd)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	link, err := peer.Client(ctx, conn, peer.Config{Identity: ident, Expect: want})
+	if err != nil {
+		return err
+	}
+	defer link.Close()
+	ch, err := link.Open(ctx, gitp2p.ListChannel)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	ch.SetReadDeadline(time.Now().Add(30 * time.Second))
+	l, err := gitp2p.ReadList(ch)
+	if err != nil {
+		return err
+	}
+	for _, e := range l {
+		fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", e.Name, e.Access)
+	}
+	return nil
 }

@@ -523,6 +523,18 @@ func TestRefusals(t *testing.T) {
 	if refsOf(s.owner, s.src) != before {
 		t.Fatal("refs changed")
 	}
+	// Each device sees what it may do.
+	for _, tc := range []struct {
+		d    *device
+		want string
+	}{{s.client, "proj\tpush"}, {st, "proj\tread"}} {
+		if out, err := tc.d.run("", "del", "git", "list", s.srv.target); err != nil || strings.TrimSpace(out) != tc.want {
+			t.Fatalf("del git list %s: %v %q, want %q", s.srv.target, err, out, tc.want)
+		}
+	}
+	if out, err := s.owner.run("", "del", "git", "list"); err != nil || !strings.HasPrefix(out, "proj\t"+s.src+"\tpush:"+s.client.ident.ID.String()) {
+		t.Fatalf("del git list: %v %q", err, out)
+	}
 	// An unknown repository.
 	out = s.client.gitFails(work, "ls-remote", s.srv.url("nope"))
 	if !strings.Contains(out, "not shared") {
