@@ -262,7 +262,7 @@ func (s *gitServer) serveLink(ctx context.Context, conn net.Conn) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := gitp2p.Serve(ctx, ch, link.Remote, repo, s.policy); err != nil {
+			if err := gitp2p.Serve(ctx, &idleConn{Conn: ch, idle: sessionIdle}, link.Remote, repo, s.policy); err != nil {
 				s.log("git %s for %s: %v", repo, link.Remote, err)
 			}
 			// We spoke last (the pack, the report or an ERR packet): let
@@ -312,4 +312,26 @@ func listRemote(cmd *cobra.Command, target string) error {
 		fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", e.Name, e.Access)
 	}
 	return nil
+}
+
+// sessionIdle is how long a git session may go without reading or writing
+// a byte before the server gives up on the peer.
+const sessionIdle = 2 * time.Minute
+
+// idleConn pushes the channel's deadlines forward at every read and write,
+// so that a peer that stops talking (or reading) mid-session frees the
+// server's goroutine and git subprocesses.
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	return c.Conn.Read(p)
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
+	return c.Conn.Write(p)
 }

@@ -728,3 +728,38 @@ func TestNegotiation(t *testing.T) {
 	}
 	c.fsck(clone)
 }
+
+// TestEmptyBareRepository: a device shares a new bare repository, another
+// pushes the first commits into it, a third clones them.
+func TestEmptyBareRepository(t *testing.T) {
+	binaries(t)
+	owner, c, other := newDevice(t, 0), newDevice(t, 1), newDevice(t, 2)
+	bare := filepath.Join(t.TempDir(), "shared.git")
+	owner.git("", "init", "-q", "--bare", "-b", "main", bare)
+	if out, err := owner.run("", "del", "git", "share", bare, "--allow-push", c.ident.ID.String()); err != nil {
+		t.Fatalf("share: %v %s", err, out)
+	}
+	srv := startServer(t, owner)
+	work := t.TempDir()
+	// Cloning the empty repository works (git warns that it is empty).
+	empty := filepath.Join(work, "empty")
+	if out := c.git(work, "clone", srv.url("shared"), empty); !strings.Contains(out, "empty repository") {
+		t.Fatalf("clone of an empty repository: %s", out)
+	}
+	src := makeRepo(t, c)
+	c.git(src, "remote", "add", "del", srv.url("shared"))
+	c.git(src, "push", "del", "main", "dev", "--tags")
+	if got, want := owner.git(bare, "rev-parse", "main", "dev", "v2"), c.git(src, "rev-parse", "main", "dev", "v2"); got != want {
+		t.Fatalf("pushed refs %s, want %s", got, want)
+	}
+	owner.fsck(bare)
+	clone := filepath.Join(work, "clone")
+	other.git(work, "clone", "-q", srv.url("shared"), clone)
+	if got, want := other.git(clone, "rev-parse", "HEAD"), c.git(src, "rev-parse", "main"); got != want {
+		t.Fatalf("clone HEAD %s, want %s", got, want)
+	}
+	other.fsck(clone)
+	if q, _ := filepath.Glob(filepath.Join(bare, "objects", "tmp_objdir-incoming-*")); len(q) > 0 {
+		t.Fatalf("quarantine left behind: %v", q)
+	}
+}
