@@ -117,6 +117,27 @@ type codeResult struct {
 	Confirm string `json:"confirm,omitempty"` // cA, hex
 }
 
+// fromMsg is a signal's payload and its authenticated sender.
+type fromMsg[T any] struct {
+	from identity.ID
+	msg  T
+}
+
+// collect returns a signal handler that decodes payloads into ch, dropping
+// malformed ones and any beyond ch's capacity (it must not block).
+func collect[T any](ch chan<- fromMsg[T]) func(identity.ID, json.RawMessage) {
+	return func(from identity.ID, x json.RawMessage) {
+		var m T
+		if json.Unmarshal(x, &m) != nil {
+			return
+		}
+		select {
+		case ch <- fromMsg[T]{from, m}:
+		default:
+		}
+	}
+}
+
 // codeFreshness bounds how long a code stays valid.
 const codeFreshness = 15 * time.Minute
 
@@ -134,22 +155,8 @@ func sendWithCode(ctx context.Context, out io.Writer, ident *identity.Identity, 
 	if err != nil {
 		return nil, err
 	}
-	answers := make(chan struct {
-		from identity.ID
-		a    codeAnswer
-	}, 4)
-	host.Handle("code-answer", func(from identity.ID, x json.RawMessage) {
-		var a codeAnswer
-		if json.Unmarshal(x, &a) == nil {
-			select {
-			case answers <- struct {
-				from identity.ID
-				a    codeAnswer
-			}{from, a}:
-			default:
-			}
-		}
-	})
+	answers := make(chan fromMsg[codeAnswer], 4)
+	host.Handle("code-answer", collect(answers))
 	offer := func(done bool) *wire.Value {
 		data, _ := json.Marshal(codeOffer{From: ident.ID.String(), Msg: hex.EncodeToString(msg), Time: time.Now().Unix(), Done: done})
 		v := &wire.Value{ID: 0xDE1C0DE, Data: data, UserType: codeUserType}
@@ -185,8 +192,8 @@ func sendWithCode(ctx context.Context, out io.Writer, ident *identity.Identity, 
 	select {
 	case a := <-answers:
 		peerID = a.from
-		pB, err1 := hex.DecodeString(a.a.Msg)
-		cB, err2 := hex.DecodeString(a.a.Confirm)
+		pB, err1 := hex.DecodeString(a.msg.Msg)
+		cB, err2 := hex.DecodeString(a.msg.Confirm)
 		var cA []byte
 		var err error
 		if err1 == nil && err2 == nil {
@@ -232,22 +239,8 @@ func receiveWithCode(ctx context.Context, info io.Writer, ident *identity.Identi
 		return err
 	}
 	defer stop()
-	results := make(chan struct {
-		from identity.ID
-		r    codeResult
-	}, 4)
-	host.Handle("code-result", func(from identity.ID, x json.RawMessage) {
-		var r codeResult
-		if json.Unmarshal(x, &r) == nil {
-			select {
-			case results <- struct {
-				from identity.ID
-				r    codeResult
-			}{from, r}:
-			default:
-			}
-		}
-	})
+	results := make(chan fromMsg[codeResult], 4)
+	host.Handle("code-result", collect(results))
 	gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	res, err := host.DHT().Get(gctx, codeKey(n), nil)
 	cancel()
@@ -297,10 +290,10 @@ func receiveWithCode(ctx context.Context, info io.Writer, ident *identity.Identi
 			if r.from != from {
 				continue
 			}
-			if !r.r.OK {
+			if !r.msg.OK {
 				return errors.New("wrong code: the sender refused it (the sender has cancelled; ask for a new code)")
 			}
-			cA, _ := hex.DecodeString(r.r.Confirm)
+			cA, _ := hex.DecodeString(r.msg.Confirm)
 			if _, err := st.Verify(cA); err != nil {
 				return errors.New("the sender could not prove it knows the code")
 			}

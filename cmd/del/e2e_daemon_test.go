@@ -13,9 +13,7 @@ import (
 // contacts are received into the download folder with nobody attached,
 // strangers are declined, and SIGTERM stops it cleanly.
 func TestCLIDaemon(t *testing.T) {
-	boot := startDHT(t)
-	t.Setenv("DEL_BOOTSTRAP", boot)
-	t.Setenv("DEL_INTERFACES", "lo")
+	onlineEnv(t)
 	alice, bob, carol := newDevice(t, 0), newDevice(t, 1), newDevice(t, 2)
 	downloads := t.TempDir()
 	os.WriteFile(filepath.Join(bob.home, "config.toml"), []byte("download_dir = \""+downloads+"\"\n"), 0o644)

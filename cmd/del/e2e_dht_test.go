@@ -14,6 +14,14 @@ import (
 	"time"
 )
 
+// onlineEnv starts a DHT bootstrap node on loopback and points this test's
+// del processes at it, gathering ICE candidates on loopback only.
+func onlineEnv(t *testing.T) {
+	t.Helper()
+	t.Setenv("DEL_BOOTSTRAP", startDHT(t))
+	t.Setenv("DEL_INTERFACES", "lo")
+}
+
 // startDHT runs `del dht run` on loopback and returns its address.
 func startDHT(t *testing.T) string {
 	t.Helper()
@@ -25,9 +33,7 @@ func startDHT(t *testing.T) string {
 // TestCLISendByID: the receiver goes online through the DHT and prints only
 // its id; the sender needs nothing else.
 func TestCLISendByID(t *testing.T) {
-	boot := startDHT(t)
-	t.Setenv("DEL_BOOTSTRAP", boot)
-	t.Setenv("DEL_INTERFACES", "lo")
+	onlineEnv(t)
 	alice, bob := newDevice(t, 0), newDevice(t, 1)
 	data := randomData(t, 5<<20)
 	src := filepath.Join(t.TempDir(), "by-id.bin")
@@ -68,9 +74,7 @@ func TestCLISendByIDNeedsBootstrap(t *testing.T) {
 // TestCLIContacts: a contact is sent to by name, and a receiver accepts its
 // contacts without --yes while refusing other devices by policy.
 func TestCLIContacts(t *testing.T) {
-	boot := startDHT(t)
-	t.Setenv("DEL_BOOTSTRAP", boot)
-	t.Setenv("DEL_INTERFACES", "lo")
+	onlineEnv(t)
 	alice, bob, carol := newDevice(t, 0), newDevice(t, 1), newDevice(t, 2)
 	for _, c := range [][]string{{"bob", bob.id.String()}} {
 		if out, err := alice.cmd(append([]string{"contacts", "add"}, c...)...).CombinedOutput(); err != nil {
@@ -146,9 +150,7 @@ func codeSender(t *testing.T, d *device, path string) (<-chan error, *bytes.Buff
 }
 
 func TestCLICodePhrase(t *testing.T) {
-	boot := startDHT(t)
-	t.Setenv("DEL_BOOTSTRAP", boot)
-	t.Setenv("DEL_INTERFACES", "lo")
+	onlineEnv(t)
 	alice, bob := newDevice(t, 0), newDevice(t, 1)
 	f := filepath.Join(t.TempDir(), "one-off.txt")
 	os.WriteFile(f, []byte("no ids exchanged"), 0o644)
@@ -171,9 +173,7 @@ func TestCLICodePhrase(t *testing.T) {
 }
 
 func TestCLIWrongCodeFailsBothSides(t *testing.T) {
-	boot := startDHT(t)
-	t.Setenv("DEL_BOOTSTRAP", boot)
-	t.Setenv("DEL_INTERFACES", "lo")
+	onlineEnv(t)
 	alice, mallory := newDevice(t, 0), newDevice(t, 2)
 	f := filepath.Join(t.TempDir(), "secret.txt")
 	os.WriteFile(f, []byte("not for guessers"), 0o644)
@@ -207,9 +207,7 @@ func waitDone(done <-chan error) error {
 // comes back online under the same id, and the next send by id moves only
 // the rest, with an identical result.
 func TestCLIByIDReceiverComesBack(t *testing.T) {
-	boot := startDHT(t)
-	t.Setenv("DEL_BOOTSTRAP", boot)
-	t.Setenv("DEL_INTERFACES", "lo")
+	onlineEnv(t)
 	alice, bob := newDevice(t, 0), newDevice(t, 1)
 	data := randomData(t, 24<<20)
 	src := filepath.Join(t.TempDir(), "big.bin")
