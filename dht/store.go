@@ -19,7 +19,7 @@ const (
 
 type stored struct {
 	v       *wire.Value
-	packed  []byte
+	size    int // packed size, for the quota
 	created time.Time
 	expires time.Time
 	source  netip.Addr
@@ -107,6 +107,7 @@ func storable(h wire.ID, v *wire.Value) bool {
 // owner with a higher seq; anything else is refused.
 func (s *store) put(h wire.ID, v *wire.Value, created time.Time, source netip.Addr, now time.Time) putResult {
 	packed := v.Marshal()
+	size := len(packed)
 	expires := created.Add(TTL(v.Type))
 	if v.Encrypted() {
 		expires = created.Add(TTL(0))
@@ -116,7 +117,7 @@ func (s *store) put(h wire.ID, v *wire.Value, created time.Time, source netip.Ad
 	}
 	k := s.key(h, true)
 	if i, old := k.find(v.ID); old != nil {
-		if bytes.Equal(old.packed, packed) {
+		if bytes.Equal(old.v.Marshal(), packed) {
 			if expires.After(old.expires) {
 				old.expires = expires
 			}
@@ -126,7 +127,7 @@ func (s *store) put(h wire.ID, v *wire.Value, created time.Time, source netip.Ad
 			return putRejected
 		}
 		s.account(old, -1)
-		k.values[i] = &stored{v: v, packed: packed, created: created, expires: expires, source: source}
+		k.values[i] = &stored{v: v, size: size, created: created, expires: expires, source: source}
 		s.account(k.values[i], 1)
 		s.evict(now)
 		return putEdited
@@ -134,7 +135,7 @@ func (s *store) put(h wire.ID, v *wire.Value, created time.Time, source netip.Ad
 	if len(k.values) >= MaxValuesPerKey {
 		return putRejected
 	}
-	st := &stored{v: v, packed: packed, created: created, expires: expires, source: source}
+	st := &stored{v: v, size: size, created: created, expires: expires, source: source}
 	k.values = append(k.values, st)
 	s.account(st, 1)
 	s.evict(now)
@@ -145,7 +146,7 @@ func (s *store) put(h wire.ID, v *wire.Value, created time.Time, source netip.Ad
 }
 
 func (s *store) account(st *stored, sign int) {
-	n := sign * len(st.packed)
+	n := sign * st.size
 	s.total += n
 	s.perIP[st.source] += n
 	if s.perIP[st.source] <= 0 {

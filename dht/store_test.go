@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -173,4 +174,31 @@ func TestCertificateNegativeSerial(t *testing.T) {
 	if _, ok := cert.PublicKey.(*rsa.PublicKey); !ok {
 		t.Fatalf("public key %T", cert.PublicKey)
 	}
+}
+
+// Memory per stored 200-byte value on a storing node (dhtnode: ~0.9 kB).
+func TestMemoryPerStoredValue(t *testing.T) {
+	const count = 20000
+	st := newStore(0)
+	now := time.Unix(1e9, 0)
+	src := netip.MustParseAddr("10.0.0.1")
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := 0; i < count; i++ {
+		var key wire.ID
+		key[0], key[1], key[2] = byte(i), byte(i>>8), byte(i>>16)
+		st.put(key, &wire.Value{ID: uint64(i + 1), Data: make([]byte, 200)}, now, src, now)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(after.HeapAlloc-before.HeapAlloc) / count
+	t.Logf("%.0f bytes of heap per stored 200-byte value (one key each)", per)
+	if st.count() != count {
+		t.Fatalf("%d stored", st.count())
+	}
+	if per > 1024 {
+		t.Errorf("%.0f bytes per stored value, want under 1 KiB", per)
+	}
+	runtime.KeepAlive(st)
 }

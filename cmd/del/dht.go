@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -112,6 +113,12 @@ func newDHTRunCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if f.listen == "" {
 				return errors.New("--listen HOST:PORT is required")
+			}
+			if os.Getenv("GOMAXPROCS") == "" {
+				// A node does its work under one lock; one P spares the
+				// runtime from waking a second thread for every datagram
+				// (measured: 25-30 % less CPU per operation, lower latency).
+				runtime.GOMAXPROCS(1)
 			}
 			ident := optionalIdentity()
 			n, _, err := f.start(ident, false)

@@ -35,7 +35,8 @@ type result struct {
 	putMsgs, getMsgs         []int
 	cpuPerOp                 time.Duration
 	privPerNode              float64 // kB, median RssAnon
-	perValue                 float64 // bytes of private memory per stored value
+	perValue                 float64 // bytes of private memory per stored copy of a value
+	replicas                 int     // stored copies (put acks)
 	failed                   int
 }
 
@@ -81,7 +82,7 @@ func startNode(impl, delBin string, port int, boot string) (*exec.Cmd, error) {
 			args = append(args, "--bootstrap", boot)
 		}
 		cmd = exec.Command(delBin, args...)
-		cmd.Env = append(os.Environ(), "DEL_HOME="+os.TempDir()+"/dhtbench-nohome", "GOMAXPROCS="+os.Getenv("BENCH_GOMAXPROCS"))
+		cmd.Env = append(os.Environ(), "DEL_HOME="+os.TempDir()+"/dhtbench-nohome")
 	} else {
 		args := []string{"-s", "-p", strconv.Itoa(port)}
 		if boot != "" {
@@ -197,6 +198,7 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 			r.failed++
 		} else {
 			r.putMsgs = append(r.putMsgs, pr.Messages)
+			r.replicas += pr.Stored
 		}
 		t0 = time.Now()
 		gr, err := b.Get(octx, key, nil)
@@ -217,7 +219,7 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 	for _, a := range anon1 {
 		sum1 += a
 	}
-	r.perValue = float64(sum1-sum0) * 1024 / float64(ops)
+	r.perValue = float64(sum1-sum0) * 1024 / float64(max(r.replicas, 1))
 	r.cpuPerOp = (cpu1 - cpu0) / time.Duration(2*ops)
 
 	// Listen: B listens on a fresh key, A puts there; time from the start
@@ -269,13 +271,13 @@ func report(rs []*result, ops int) {
 	fmt.Printf("\nDHT benchmark: %d puts and gets of 200-byte values, %d listens; client = 2 Go nodes; loopback in a private netns\n", ops, ops/4)
 	fmt.Printf("%-36s", "")
 	for _, r := range rs {
-		fmt.Printf("%22s", fmt.Sprintf("%s x%d", r.name, r.nodes))
+		fmt.Printf("%26s", fmt.Sprintf("%s x%d", r.name, r.nodes))
 	}
 	fmt.Println()
 	row := func(label string, f func(r *result) string) {
 		fmt.Printf("%-36s", label)
 		for _, r := range rs {
-			fmt.Printf("%22s", f(r))
+			fmt.Printf("%26s", f(r))
 		}
 		fmt.Println()
 	}
@@ -293,5 +295,6 @@ func report(rs []*result, ops int) {
 	row("messages per get (median)", func(r *result) string { return medInt(r.getMsgs) })
 	row("network CPU per op, ms", func(r *result) string { return fmt.Sprintf("%.2f", float64(r.cpuPerOp.Microseconds())/1000) })
 	row("private memory per node (RssAnon)", func(r *result) string { return fmt.Sprintf("%.1f MB", r.privPerNode/1024) })
-	row("private memory per stored value", func(r *result) string { return fmt.Sprintf("%.0f B", r.perValue) })
+	row("copies stored per put (mean)", func(r *result) string { return fmt.Sprintf("%.1f", float64(r.replicas)/float64(ops)) })
+	row("private memory growth per copy", func(r *result) string { return fmt.Sprintf("%.0f B", r.perValue) })
 }
