@@ -2,7 +2,6 @@ package gitp2p
 
 import (
 	"bufio"
-	"compress/zlib"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -12,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // receiveCaps are the receive-pack capabilities advertised.
@@ -37,10 +37,22 @@ func (c *command) isCreate() bool { return c.old == ZeroID }
 
 // ReceivePack serves one push (git-receive-pack) on r/w: advertisement,
 // commands, pack into a quarantine directory, connectivity and ref checks,
-// promotion of the objects, ref updates, report-status.
+// promotion of the objects, ref updates, report-status. r must either end
+// after the pack or have a SetReadDeadline method (a net.Conn, a
+// BufferedConn), which stops the copy of the pack once index-pack is done.
 func ReceivePack(ctx context.Context, repo *Repo, r io.Reader, w io.Writer, opts ReceiveOptions) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
-	err := receivePack(ctx, repo, NewReader(r), bw, opts)
+	var interrupt func(bool)
+	if d, ok := r.(interface{ SetReadDeadline(time.Time) error }); ok {
+		interrupt = func(on bool) {
+			if on {
+				d.SetReadDeadline(time.Unix(1, 0))
+			} else {
+				d.SetReadDeadline(time.Time{})
+			}
+		}
+	}
+	err := receivePack(ctx, repo, NewReader(r), bw, opts, interrupt)
 	var pe *ProtocolError
 	if errors.As(err, &pe) {
 		sendError(bw, err)
@@ -48,7 +60,7 @@ func ReceivePack(ctx context.Context, repo *Repo, r io.Reader, w io.Writer, opts
 	return err
 }
 
-func receivePack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer, opts ReceiveOptions) error {
+func receivePack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer, opts ReceiveOptions, interrupt func(bool)) error {
 	refs, err := repo.ReadRefs(ctx)
 	if err != nil {
 		sendError(w, err)
@@ -74,7 +86,7 @@ func receivePack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer, o
 	var q *quarantine
 	unpackErr := ""
 	if needPack {
-		q, err = receivePackfile(ctx, repo, pr.Buffered(), opts)
+		q, err = receivePackfile(ctx, repo, pr.Buffered(), opts, interrupt)
 		if q != nil {
 			defer q.remove()
 		}
@@ -393,11 +405,13 @@ func (q *quarantine) promote() error {
 	return nil
 }
 
-// receivePackfile reads the pack that follows the commands and feeds it to
-// git index-pack --fix-thin inside a new quarantine. It walks the pack's
-// object headers and zlib streams itself so that it stops exactly at the
-// trailer (the client waits for the report and sends nothing after it).
-func receivePackfile(ctx context.Context, repo *Repo, br *bufio.Reader, opts ReceiveOptions) (*quarantine, error) {
+// receivePackfile copies the pack that follows the commands into
+// `git index-pack --stdin --fix-thin` inside a new quarantine. index-pack
+// stops at the pack's trailer, but the client sends nothing after the pack
+// (it waits for the report), so the copy is then blocked in a read:
+// interrupt, when not nil, makes that read fail (and is called again with
+// false to clear the deadline). A reader without it must end after the pack.
+func receivePackfile(ctx context.Context, repo *Repo, br *bufio.Reader, opts ReceiveOptions, interrupt func(bool)) (*quarantine, error) {
 	hdr, err := br.Peek(12)
 	if err != nil {
 		return nil, protoErr("reading pack header: %v", err)
@@ -426,7 +440,7 @@ func receivePackfile(ctx context.Context, repo *Repo, br *bufio.Reader, opts Rec
 	if max <= 0 {
 		max = 4 << 30
 	}
-	cmd := repo.command(ctx, q.env(), "index-pack", "--stdin", "--fix-thin")
+	cmd := repo.command(ctx, q.env(), "index-pack", "--stdin", "--fix-thin", fmt.Sprintf("--max-input-size=%d", max))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return q, err
@@ -436,123 +450,28 @@ func receivePackfile(ctx context.Context, repo *Repo, br *bufio.Reader, opts Rec
 	if err := cmd.Start(); err != nil {
 		return q, err
 	}
-	tee := &packTee{r: br, w: bufio.NewWriterSize(stdin, 64<<10), left: max}
-	scanErr := scanPack(tee, count)
-	if scanErr == nil {
-		scanErr = tee.w.Flush()
-	}
-	stdin.Close()
+	copied := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(stdin, br)
+		stdin.Close()
+		copied <- err
+	}()
 	waitErr := cmd.Wait()
-	if scanErr != nil {
-		var pe *ProtocolError
-		if errors.As(scanErr, &pe) {
-			return q, scanErr
+	select {
+	case <-copied:
+	default:
+		if interrupt == nil {
+			<-copied
+			break
 		}
-		if waitErr != nil {
-			return q, fmt.Errorf("index-pack: %s", strings.TrimSpace(stderr.String()))
-		}
-		return q, protoErr("reading pack: %v", scanErr)
+		interrupt(true)
+		<-copied
+		interrupt(false)
 	}
 	if waitErr != nil {
-		return q, fmt.Errorf("index-pack abnormal exit: %s", strings.TrimSpace(stderr.String()))
+		// A corrupt or truncated pack: reported as "unpack <error>", as
+		// git's receive-pack does.
+		return q, fmt.Errorf("index-pack: %s", oneLine(stderr.String()))
 	}
 	return q, nil
-}
-
-// packTee copies every byte read from r to w, and implements io.ByteReader
-// so that zlib reads no further than the end of each compressed object.
-type packTee struct {
-	r    *bufio.Reader
-	w    *bufio.Writer
-	left int64
-}
-
-var errPackTooBig = errors.New("pack larger than the share allows")
-
-func (t *packTee) ReadByte() (byte, error) {
-	if t.left <= 0 {
-		return 0, errPackTooBig
-	}
-	c, err := t.r.ReadByte()
-	if err == nil {
-		t.left--
-		t.w.WriteByte(c)
-	}
-	return c, err
-}
-
-func (t *packTee) Read(p []byte) (int, error) {
-	if t.left <= 0 {
-		return 0, errPackTooBig
-	}
-	if int64(len(p)) > t.left {
-		p = p[:t.left]
-	}
-	n, err := t.r.Read(p)
-	t.left -= int64(n)
-	t.w.Write(p[:n])
-	return n, err
-}
-
-// scanPack walks a version 2 pack (gitformat-pack(5)): 12-byte header,
-// count objects (type and size varint, a base offset or id for deltas,
-// zlib data), 20-byte trailer.
-func scanPack(t *packTee, count uint32) error {
-	if _, err := io.ReadFull(t, make([]byte, 12)); err != nil {
-		return unexpected(err)
-	}
-	for i := uint32(0); i < count; i++ {
-		c, err := t.ReadByte()
-		if err != nil {
-			return unexpected(err)
-		}
-		typ := c >> 4 & 7
-		for shift := 0; c&0x80 != 0; shift += 7 {
-			if c, err = t.ReadByte(); err != nil {
-				return unexpected(err)
-			}
-			if shift > 56 {
-				return protoErr("object %d: size varint too long", i)
-			}
-		}
-		switch typ {
-		case 1, 2, 3, 4:
-		case 6: // ofs-delta: offset varint
-			for {
-				if c, err = t.ReadByte(); err != nil {
-					return unexpected(err)
-				}
-				if c&0x80 == 0 {
-					break
-				}
-			}
-		case 7: // ref-delta: base object id
-			if _, err := io.ReadFull(t, make([]byte, 20)); err != nil {
-				return unexpected(err)
-			}
-		default:
-			return protoErr("object %d: bad type %d", i, typ)
-		}
-		zr, err := zlib.NewReader(t)
-		if err == nil {
-			_, err = io.Copy(io.Discard, zr)
-		}
-		if errors.Is(err, errPackTooBig) {
-			return err
-		}
-		if err != nil {
-			return protoErr("object %d: %v", i, err)
-		}
-	}
-	if _, err := io.ReadFull(t, make([]byte, 20)); err != nil {
-		return unexpected(err)
-	}
-	return nil
-}
-
-func unexpected(err error) error {
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		return protoErr("pack truncated")
-	}
-	return err
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/del-share/del/identity"
 )
@@ -105,5 +106,23 @@ func Serve(ctx context.Context, rw io.ReadWriter, remote identity.ID, repo strin
 	if service == UploadPackService {
 		return UploadPack(ctx, r, br, rw)
 	}
-	return ReceivePack(ctx, r, br, rw, ReceiveOptions{AllowForce: access.Force})
+	var in io.Reader = br
+	if d, ok := rw.(deadliner); ok {
+		in = &BufferedConn{Reader: br, Conn: d}
+	}
+	return ReceivePack(ctx, r, in, rw, ReceiveOptions{AllowForce: access.Force})
 }
+
+type deadliner interface {
+	SetReadDeadline(time.Time) error
+}
+
+// BufferedConn reads through a buffered reader and sets read deadlines on
+// the connection below it.
+type BufferedConn struct {
+	*bufio.Reader
+	Conn interface{ SetReadDeadline(time.Time) error }
+}
+
+// SetReadDeadline sets the read deadline of the connection.
+func (b *BufferedConn) SetReadDeadline(t time.Time) error { return b.Conn.SetReadDeadline(t) }

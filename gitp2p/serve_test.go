@@ -84,7 +84,7 @@ func TestServeRefusals(t *testing.T) {
 		{"not our ref", fetcher, "proj", string(AppendRequest(nil, UploadPackService, "proj")) + string(AppendString(nil, "want "+strings.Repeat("1", 40)+"\n")), "ERR upload-pack: not our ref"},
 		{"bad have", fetcher, "proj", string(AppendRequest(nil, UploadPackService, "proj")) + string(AppendString(nil, "want "+head+" multi_ack\n")) + "0000" + string(AppendString(nil, "have zz\n")), "ERR protocol error"},
 		{"bad command", pusher, "proj", string(AppendRequest(nil, ReceivePackService, "proj")) + string(AppendString(nil, "abc def refs/heads/x\x00report-status\n")) + "0000", "ERR protocol error: bad command"},
-		{"bad pack", pusher, "proj", string(AppendRequest(nil, ReceivePackService, "proj")) + string(AppendString(nil, ZeroID+" "+head+" refs/heads/x\x00report-status\n")) + "0000" + "PACK\x00\x00\x00\x02\x00\x00\x00\x01\xff\xff", "ERR protocol error"},
+		{"bad pack", pusher, "proj", string(AppendRequest(nil, ReceivePackService, "proj")) + string(AppendString(nil, ZeroID+" "+head+" refs/heads/x\x00report-status\n")) + "0000" + "PACK\x00\x00\x00\x02\x00\x00\x00\x01\xff\xff", "ng refs/heads/x unpacker error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
