@@ -182,8 +182,8 @@ func (h *Host) Start(ctx context.Context) error {
 
 // Close closes every link and stops answering.
 func (h *Host) Close() error {
-	h.cancel()
 	h.mu.Lock()
+	h.cancel() // under mu: register sees it and adds no goroutine
 	for _, l := range h.links {
 		l.Close()
 	}
@@ -344,6 +344,12 @@ func (h *Host) dial(ctx context.Context, id identity.ID, ready chan struct{}) (*
 // link already exists (a crossing dial won), l is closed and that one kept.
 func (h *Host) register(id identity.ID, l *Link) *Link {
 	h.mu.Lock()
+	if h.ctx.Err() != nil {
+		// Closed meanwhile: its goroutines are being waited for.
+		h.mu.Unlock()
+		l.Close()
+		return l
+	}
 	if old := h.links[id]; old != nil {
 		h.mu.Unlock()
 		l.Close()

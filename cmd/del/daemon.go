@@ -192,11 +192,11 @@ func (d *daemon) receive(ctx context.Context, in peer.Incoming, w *receiveWaiter
 	if opts.Dir == "" {
 		opts.Dir = "."
 	}
-	// The daemon has no terminal: "ask" becomes a refusal naming --yes.
-	decide := consentPolicy(false, d.contacts, policy)
+	// The daemon asks nobody: "ask" declines, naming what would consent.
+	decide := consentPolicy(false, d.contacts, policy, nil)
 	opts.Decide = func(ctx context.Context, o *transfer.OfferInfo) error {
 		if err := decide(ctx, o); err != nil {
-			return errors.New("the receiver did not consent (its daemon needs del receive --yes, or the sender as an auto-accepted contact)")
+			return fmt.Errorf("%w (a daemon receives from auto-accepted contacts, or with del receive --yes)", err)
 		}
 		return nil
 	}

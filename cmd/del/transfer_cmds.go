@@ -278,7 +278,7 @@ limiting who may send, or a code phrase (entering it is consent).`,
 				Dir:       dir,
 				Overwrite: overwrite,
 				Progress:  newProgress(cmd.ErrOrStderr(), "receiving", quiet),
-				Decide:    consentPolicy(yes, contacts, cfg.Accept),
+				Decide:    consentPolicy(yes, contacts, cfg.Accept, askTerminal),
 			}
 			if toStdout {
 				opts.Stdout = out
@@ -450,9 +450,8 @@ func serveOne(ctx context.Context, conn net.Conn, ident *identity.Identity, only
 
 // consentPolicy decides on an offer: --yes accepts everything; otherwise
 // the configured policy for contacts (default auto) or for other devices
-// (default ask) applies, and "ask" asks at the terminal, declining when
-// there is none.
-func consentPolicy(yes bool, contacts config.Contacts, policy config.Accept) func(context.Context, *transfer.OfferInfo) error {
+// (default ask) applies, and "ask" calls ask (nil: decline).
+func consentPolicy(yes bool, contacts config.Contacts, policy config.Accept, ask func(ctx context.Context, who string, o *transfer.OfferInfo) error) func(context.Context, *transfer.OfferInfo) error {
 	return func(ctx context.Context, o *transfer.OfferInfo) error {
 		if yes {
 			return nil
@@ -469,41 +468,49 @@ func consentPolicy(yes bool, contacts config.Contacts, policy config.Accept) fun
 		case config.AcceptRefuse:
 			return errors.New("the receiver does not accept transfers from this device")
 		}
-		tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
-		if err != nil || !term.IsTerminal(int(tty.Fd())) {
-			if tty != nil {
-				tty.Close()
-			}
-			return errors.New("the receiver did not consent (no terminal to ask; it needs --yes)")
+		if ask == nil {
+			return errors.New("the receiver did not consent (nobody to ask; it needs --yes)")
 		}
-		defer tty.Close()
-		fmt.Fprintf(tty, "%s offers %d file(s), %s", who, o.Files, transfer.FormatBytes(o.Bytes))
-		if o.Skip > 0 || o.Resume > 0 {
-			fmt.Fprintf(tty, " (%s to move)", transfer.FormatBytes(o.Move))
+		return ask(ctx, who, o)
+	}
+}
+
+// askTerminal asks at the controlling terminal, declining when there is none.
+func askTerminal(ctx context.Context, who string, o *transfer.OfferInfo) error {
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil || !term.IsTerminal(int(tty.Fd())) {
+		if tty != nil {
+			tty.Close()
 		}
-		fmt.Fprintln(tty, ":")
-		for i, e := range o.Entries {
-			if i == 10 {
-				fmt.Fprintf(tty, "  … and %d more\n", len(o.Entries)-10)
-				break
-			}
-			fmt.Fprintf(tty, "  %s %s\n", e.Path, sizeOf(e))
+		return errors.New("the receiver did not consent (no terminal to ask; it needs --yes)")
+	}
+	defer tty.Close()
+	fmt.Fprintf(tty, "%s offers %d file(s), %s", who, o.Files, transfer.FormatBytes(o.Bytes))
+	if o.Skip > 0 || o.Resume > 0 {
+		fmt.Fprintf(tty, " (%s to move)", transfer.FormatBytes(o.Move))
+	}
+	fmt.Fprintln(tty, ":")
+	for i, e := range o.Entries {
+		if i == 10 {
+			fmt.Fprintf(tty, "  … and %d more\n", len(o.Entries)-10)
+			break
 		}
-		fmt.Fprintf(tty, "Accept into %s? [y/N] ", o.Dir)
-		answer := make(chan string, 1)
-		go func() {
-			line, _ := bufio.NewReader(tty).ReadString('\n')
-			answer <- line
-		}()
-		select {
-		case line := <-answer:
-			if a := strings.ToLower(strings.TrimSpace(line)); a == "y" || a == "yes" {
-				return nil
-			}
-			return errors.New("the receiver declined")
-		case <-ctx.Done():
-			return ctx.Err()
+		fmt.Fprintf(tty, "  %s %s\n", e.Path, sizeOf(e))
+	}
+	fmt.Fprintf(tty, "Accept into %s? [y/N] ", o.Dir)
+	answer := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(tty).ReadString('\n')
+		answer <- line
+	}()
+	select {
+	case line := <-answer:
+		if a := strings.ToLower(strings.TrimSpace(line)); a == "y" || a == "yes" {
+			return nil
 		}
+		return errors.New("the receiver declined")
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
