@@ -144,11 +144,14 @@ type Agent struct {
 	mu        sync.Mutex // guards the fields below
 	locals    []Candidate
 	listeners []net.Listener
-	relay     RelayAllocation
-	accepted  chan acceptedConn
-	conns     map[*pconn]bool
-	handedOut *pconn
-	closed    bool
+	// soListeners: the listener of each S-O candidate, by base address
+	// (see run.unstick).
+	soListeners map[netip.AddrPort]net.Listener
+	relay       RelayAllocation
+	accepted    chan acceptedConn
+	conns       map[*pconn]bool
+	handedOut   *pconn
+	closed      bool
 }
 
 type acceptedConn struct {
@@ -172,14 +175,15 @@ func NewAgent(cfg Config) (*Agent, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Agent{
-		cfg:        cfg,
-		ufrag:      randomICEString(8),
-		pwd:        randomICEString(24),
-		tieBreaker: tie,
-		ctx:        ctx,
-		cancel:     cancel,
-		accepted:   make(chan acceptedConn, 64),
-		conns:      map[*pconn]bool{},
+		cfg:         cfg,
+		ufrag:       randomICEString(8),
+		pwd:         randomICEString(24),
+		tieBreaker:  tie,
+		ctx:         ctx,
+		cancel:      cancel,
+		accepted:    make(chan acceptedConn, 64),
+		soListeners: map[netip.AddrPort]net.Listener{},
+		conns:       map[*pconn]bool{},
 	}, nil
 }
 
@@ -253,6 +257,9 @@ func (a *Agent) Gather(ctx context.Context) (Description, error) {
 func (a *Agent) addListener(ln net.Listener, c Candidate) {
 	a.mu.Lock()
 	a.listeners = append(a.listeners, ln)
+	if c.TCPType == SO {
+		a.soListeners[c.Base] = ln
+	}
 	a.mu.Unlock()
 	a.wg.Add(1)
 	go func() {

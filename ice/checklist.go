@@ -1,8 +1,10 @@
 package ice
 
 import (
+	"errors"
 	"fmt"
 	"slices"
+	"syscall"
 	"time"
 )
 
@@ -86,6 +88,7 @@ type Checklist struct {
 	lastCheck    time.Time
 	firstValid   time.Time
 	nominatedSet bool
+	peerSeen     bool
 }
 
 // NewChecklist forms the pairs of RFC 8445 §6.1.2.2 (with the TCP pairing
@@ -287,6 +290,38 @@ func (cl *Checklist) Succeeded(p *Pair, now time.Time, useCandidate bool) {
 			q.State = Waiting
 		}
 	}
+}
+
+// PeerActive is called when the first authenticated check from the peer
+// arrives. Direct pairs that failed before it are checked once more: they
+// may have failed only because the peer had not started yet (a slow
+// signaling path on its side), and an S-O pair in particular needs both
+// sides' SYNs at about the same time. The relay then waits at least
+// retry more for them (the direct deadline moves to now+retry if it was
+// earlier). It returns how many pairs were put back to Waiting; later
+// calls do nothing.
+func (cl *Checklist) PeerActive(now time.Time, retry time.Duration) int {
+	if cl.peerSeen {
+		return 0
+	}
+	cl.peerSeen = true
+	n := 0
+	for _, p := range cl.Pairs {
+		if p.State == Failed && p.Direct() && !unreachable(p.Err) {
+			p.State = Waiting
+			n++
+		}
+	}
+	if n > 0 && cl.DirectDeadline.Before(now.Add(retry)) {
+		cl.DirectDeadline = now.Add(retry)
+	}
+	return n
+}
+
+// unreachable: the failure does not depend on the peer (no route to its
+// address), so a retry cannot help.
+func unreachable(err error) bool {
+	return errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH)
 }
 
 // Fail records a failed check (§7.2.5.2).

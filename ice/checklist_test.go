@@ -1,7 +1,9 @@
 package ice
 
 import (
+	"fmt"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -387,5 +389,43 @@ func TestSetRoleRecomputesPriorities(t *testing.T) {
 	}
 	if p.Priority == before && p.Local.Priority != p.Remote.Priority {
 		t.Error("priority unchanged")
+	}
+}
+
+func TestPeerActiveRetriesFailedDirect(t *testing.T) {
+	cl, direct, relay := relayList(t)
+	cl.Fail(direct, errTest)
+	cl.Succeeded(relay, t0.Add(time.Millisecond), false)
+	// The peer's first check arrives after our direct pair failed: the
+	// direct pair gets another chance before the relay is nominated.
+	if n := cl.PeerActive(t0.Add(900*time.Millisecond), 500*time.Millisecond); n != 1 || direct.State != Waiting {
+		t.Fatalf("PeerActive = %d, direct %s", n, direct.State)
+	}
+	if !cl.DirectDeadline.Equal(t0.Add(1400 * time.Millisecond)) {
+		t.Errorf("direct deadline %v, want moved to 1.4 s", cl.DirectDeadline.Sub(t0))
+	}
+	if p := cl.ToNominate(t0.Add(2 * time.Millisecond)); p != nil {
+		t.Fatalf("relay nominated while the direct pair is re-checked: %v", p)
+	}
+	if cl.PeerActive(t0, time.Second) != 0 {
+		t.Fatal("second PeerActive retried again")
+	}
+	cl.Fail(direct, errTest)
+	if p := cl.ToNominate(t0.Add(3 * time.Millisecond)); p != relay {
+		t.Fatalf("after the retry failed: %v, want relay", p)
+	}
+	// A pair that failed for want of a route is not retried.
+	cl3, direct3, _ := relayList(t)
+	cl3.Fail(direct3, fmt.Errorf("connect: %w", syscall.ENETUNREACH))
+	if cl3.PeerActive(t0, time.Second) != 0 || direct3.State != Failed {
+		t.Error("unreachable pair retried")
+	}
+	// The retry is bounded by the direct deadline like the first try.
+	cl2, direct2, relay2 := relayList(t)
+	cl2.Succeeded(relay2, t0.Add(time.Millisecond), false)
+	cl2.PeerActive(t0, time.Second) // nothing failed yet: nothing to retry
+	cl2.Fail(direct2, errTest)
+	if cl2.PeerActive(t0, time.Second) != 0 || direct2.State != Failed || !cl2.DirectDeadline.Equal(t0.Add(time.Second)) {
+		t.Fatal("a failure after the peer was seen was retried")
 	}
 }

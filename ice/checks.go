@@ -61,6 +61,9 @@ func (r *run) onRequest(pc *pconn, m *stun.Message, now time.Time) {
 		return
 	}
 	pc.trusted.Store(true)
+	if n := r.cl.PeerActive(now, r.a.cfg.CheckTimeout); n > 0 {
+		r.logf("ice: peer started late: %d failed direct pairs checked again", n)
+	}
 	switch ResolveRoleConflict(r.cl.Controlling, r.a.tieBreaker, req.controlling, req.tieBreaker) {
 	case KeepRole:
 		raw, berr := buildError(req.tx, stun.CodeRoleConflict, r.a.pwd)

@@ -42,17 +42,23 @@ type txn struct {
 
 // run is the state of one Connect: owned by the Connect goroutine only.
 type run struct {
-	a          *Agent
-	remote     Description
-	cl         *Checklist
-	start      time.Time
-	deadline   time.Time
-	events     chan event
-	ctx        context.Context // canceled when the run ends
-	txns       map[[stun.TransactionIDSize]byte]*txn
-	connOf     map[*Pair]*pconn
-	dialing    map[*Pair]bool
-	committed  *Pair // controlled: the only pair whose USE-CANDIDATE we answer
+	a         *Agent
+	remote    Description
+	cl        *Checklist
+	start     time.Time
+	deadline  time.Time
+	events    chan event
+	ctx       context.Context // canceled when the run ends
+	txns      map[[stun.TransactionIDSize]byte]*txn
+	connOf    map[*Pair]*pconn
+	dialing   map[*Pair]bool
+	committed *Pair // controlled: the only pair whose USE-CANDIDATE we answer
+	// stuck: S-O pairs whose connect found the 4-tuple taken, and when to
+	// look again (see unstick).
+	stuck map[*Pair]time.Time
+	// soDeadline: when a pending S-O connect's pair counts as failed (the
+	// connect itself goes on, see dial).
+	soDeadline map[*Pair]time.Time
 	checksSent int
 	prflxN     int
 }
@@ -78,10 +84,12 @@ func (a *Agent) Connect(ctx context.Context, remote Description) (*Conn, *Report
 	defer cancel()
 	r := &run{
 		a: a, remote: remote, start: now, deadline: deadline, ctx: ctx,
-		events:  make(chan event, 64),
-		txns:    map[[stun.TransactionIDSize]byte]*txn{},
-		connOf:  map[*Pair]*pconn{},
-		dialing: map[*Pair]bool{},
+		events:     make(chan event, 64),
+		txns:       map[[stun.TransactionIDSize]byte]*txn{},
+		connOf:     map[*Pair]*pconn{},
+		dialing:    map[*Pair]bool{},
+		stuck:      map[*Pair]time.Time{},
+		soDeadline: map[*Pair]time.Time{},
 	}
 	var rc []Candidate
 	for _, c := range remote.Candidates {
@@ -150,6 +158,15 @@ func (r *run) loop() (*Pair, error) {
 			return nil, fmt.Errorf("%w: no pair selected within %v (%s)", ErrNoPath, r.deadline.Sub(r.start).Round(time.Millisecond), r.summary())
 		}
 		r.expire(now)
+		r.unstick(now)
+		for p, t := range r.soDeadline {
+			if !now.Before(t) {
+				delete(r.soDeadline, p)
+				if r.connOf[p] == nil && p.State == InProgress {
+					r.cl.Fail(p, errors.New("no S-O connection yet (still trying)"))
+				}
+			}
+		}
 		if p := r.cl.ToNominate(now); p != nil {
 			r.logf("ice: nominating %s", p)
 			// on the pair's open connection: no new SYN, so no Ta pacing
@@ -174,6 +191,16 @@ func (r *run) loop() (*Pair, error) {
 				wake = t.deadline
 			}
 		}
+		for _, t := range r.stuck {
+			if t.Before(wake) {
+				wake = t
+			}
+		}
+		for _, t := range r.soDeadline {
+			if t.Before(wake) {
+				wake = t
+			}
+		}
 		if !r.cl.DirectDeadline.Before(now) && r.cl.DirectDeadline.Before(wake) {
 			wake = r.cl.DirectDeadline
 		}
@@ -186,6 +213,7 @@ func (r *run) loop() (*Pair, error) {
 		select {
 		case <-timer.C:
 		case ac := <-r.a.accepted:
+			r.logf("ice: accepted %s on %s candidate %s", ac.c.RemoteAddr(), ac.local.TCPType, ac.local.Addr)
 			r.addConn(ac.c, ac.local, nil)
 		case ev := <-r.events:
 			r.handle(ev)
@@ -234,6 +262,9 @@ func (r *run) check(p *Pair, now time.Time) {
 		return
 	}
 	r.dialing[p] = true
+	if p.Local.TCPType == SO {
+		r.soDeadline[p] = now.Add(r.a.cfg.CheckTimeout)
+	}
 	local := netip.AddrPortFrom(p.Local.Base.Addr(), 0)
 	reuse := false
 	if p.Local.TCPType == SO {
@@ -256,52 +287,74 @@ func (r *run) check(p *Pair, now time.Time) {
 	}()
 }
 
-// S-O connect pacing: one attempt lasts soAttempt; after a refusal the
-// next comes soRetry later.
-const (
-	soAttempt = 250 * time.Millisecond
-	soRetry   = 1 * time.Millisecond
-)
-
-// retrySO: an S-O connect is retried after a refusal (the peer's SYN has not
-// gone out, or its NAT answered RST) or a timeout (its NAT dropped our SYN),
-// not when the 4-tuple is taken (the peer's SYN reached our listener first)
-// or there is no route.
-func retrySO(err error) bool {
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
+// soRetry: after a refused S-O connect, the next comes this much later.
+const soRetry = 1 * time.Millisecond
 
 // dial connects for a check. An S-O connect is retried while the peer
 // answers with RST (its SYN has not gone out yet) until timeout (RFC 6544
 // §7.1 leaves retries to the agent).
 func (r *run) dial(local, remote netip.AddrPort, reuse, so bool, timeout time.Duration) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(r.ctx, timeout)
-	defer cancel()
+	if !so {
+		ctx, cancel := context.WithTimeout(r.ctx, timeout)
+		defer cancel()
+		return dialFrom(ctx, local, remote, reuse)
+	}
+	// S-O: one connect lives as long as Connect does, so the kernel keeps
+	// retransmitting the same SYN (same sequence number) and a peer that
+	// starts late still meets a socket in SYN-SENT: its SYN completes the
+	// simultaneous open. A new socket would have a new sequence number,
+	// which a NAT's connection tracking (holding our first SYN) drops as
+	// out of window. The pair itself fails after CheckTimeout (see
+	// soDeadline) so the relay decision does not wait for this. After a
+	// refusal (RST: no mapping at the peer's NAT yet, or a NAT that answers
+	// with RST) the socket is dead anyway: connect again soRetry later,
+	// for CheckTimeout.
+	refusedUntil := time.Now().Add(timeout)
 	for {
-		actx := ctx
-		var acancel context.CancelFunc = func() {}
-		if so {
-			// Each attempt sends a fresh SYN at once instead of waiting for
-			// the kernel's 1 s SYN retransmission: the peer's NAT drops our
-			// SYNs until the peer's own SYN has opened its mapping.
-			actx, acancel = context.WithTimeout(ctx, soAttempt)
-		}
-		c, err := dialFrom(actx, local, remote, reuse)
-		acancel()
-		if err == nil || !so || ctx.Err() != nil || !retrySO(err) {
+		c, err := dialFrom(r.ctx, local, remote, reuse)
+		if err == nil || r.ctx.Err() != nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(refusedUntil) {
 			return c, err
 		}
 		t := time.NewTimer(soRetry)
 		select {
 		case <-t.C:
-		case <-ctx.Done():
+		case <-r.ctx.Done():
 			t.Stop()
 			return nil, err
 		}
+	}
+}
+
+// stuckWait is how long an S-O pair whose 4-tuple is taken waits for the
+// peer's connection to show up on our listener.
+const stuckWait = 100 * time.Millisecond
+
+// unstick handles S-O pairs whose connect failed because our S-O listener
+// holds the 4-tuple: the peer's SYN arrived while we were not connecting
+// (the peer started late). On a LAN that connection completes at once and
+// carries the peer's check. Behind a NAT it never does: the listener's
+// SYN-ACK has a new sequence number, which the NAT's connection tracking
+// (still holding our earlier SYN) finds out of window and drops. Then the
+// listener is closed, which frees the 4-tuple, and we connect again so the
+// SYNs cross as simultaneous open wants.
+func (r *run) unstick(now time.Time) {
+	for p, t := range r.stuck {
+		if now.Before(t) {
+			continue
+		}
+		delete(r.stuck, p)
+		if r.connOf[p] != nil || p.State != InProgress {
+			continue
+		}
+		r.a.mu.Lock()
+		ln := r.a.soListeners[p.Local.Base]
+		delete(r.a.soListeners, p.Local.Base)
+		r.a.mu.Unlock()
+		if ln != nil {
+			r.logf("ice: S-O %s: peer connection never completed; closing the S-O listener and connecting again", p.Local.Base)
+			ln.Close()
+		}
+		r.check(p, now)
 	}
 }
 
@@ -338,6 +391,16 @@ func (r *run) handle(ev event) {
 	case evDialed:
 		delete(r.dialing, ev.pair)
 		if ev.err != nil {
+			delete(r.soDeadline, ev.pair)
+		}
+		r.logf("ice: connect %s: %v", ev.pair, ev.err)
+		if ev.err != nil && ev.pair.Local.TCPType == SO && errors.Is(ev.err, syscall.EADDRNOTAVAIL) && r.connOf[ev.pair] == nil {
+			// The peer's SYN reached our S-O listener: either that connection
+			// is about to be accepted, or it never completes (see unstick).
+			r.stuck[ev.pair] = now.Add(stuckWait)
+			return
+		}
+		if ev.err != nil {
 			if r.connOf[ev.pair] == nil && ev.pair.State == InProgress {
 				r.cl.Fail(ev.pair, fmt.Errorf("connect: %w", ev.err))
 			}
@@ -347,7 +410,12 @@ func (r *run) handle(ev event) {
 			ev.c.Close()
 			return
 		}
+		delete(r.soDeadline, ev.pair)
 		pc := r.addConn(ev.c, ev.pair.Local, ev.pair)
+		if pc != nil && ev.pair.State == Failed && ev.pair.Local.TCPType == SO {
+			// a late simultaneous open: the peer started after our pair failed
+			r.cl.Start(ev.pair, now)
+		}
 		if pc != nil && ev.pair.State == InProgress {
 			r.send(ev.pair, pc, now)
 		}

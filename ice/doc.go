@@ -30,10 +30,13 @@
 //
 // Checks by tcptype (RFC 6544 §6-7): a local active candidate connects to
 // the remote passive one and sends its check on that connection; a local
-// S-O candidate connects from its own port to the remote S-O address,
-// again after a refusal or a silent drop (a fresh SYN every 250 ms, or
-// 1 ms after a RST, until CheckTimeout), so the two SYNs cross; a passive
-// candidate never initiates: it answers on the connection the peer opened
+// S-O candidate connects from its own port to the remote S-O address, so
+// the two SYNs cross. That connect lives as long as Connect (the kernel
+// retransmits the same SYN, which a NAT's connection tracking accepts when
+// the peer starts late), the pair counting as failed after CheckTimeout;
+// after a refusal (RST) it is repeated 1 ms later, for CheckTimeout. A
+// passive candidate never initiates: it answers on the connection the peer
+// opened
 // and sends its triggered check there. Checks that arrive from unknown
 // addresses make peer-reflexive remote candidates.
 //
@@ -75,5 +78,11 @@
 //     side's SYN reaches the other before that side has sent its own, the
 //     connection is accepted instead of reset. Simultaneous open proper
 //     still happens when both SYNs cross (through NATs, where the peer's
-//     SYN is dropped until our own SYN has opened the mapping).
+//     SYN is dropped until our own SYN has opened the mapping). Behind a
+//     NAT the listener cannot complete a connection (its SYN-ACK has a new
+//     sequence number, out of the NAT's tracked window); if it holds the
+//     4-tuple our connect needs, it is closed (run.unstick).
+//   - When the peer's first check arrives after some direct pairs failed
+//     (it started late), those pairs are checked once more and the relay
+//     waits at least CheckTimeout more (Checklist.PeerActive).
 package ice

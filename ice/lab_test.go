@@ -107,6 +107,9 @@ func labAgent() (res labResult) {
 		res.Err = err.Error()
 		return res
 	}
+	if d, _ := time.ParseDuration(env("ICE_DELAY")); d > 0 {
+		time.Sleep(d) // the signaling delay of one side (see labCell.skew)
+	}
 	start := time.Now()
 	conn, rep, err := a.Connect(ctx, remote)
 	if rep != nil {
@@ -250,37 +253,45 @@ type labCell struct {
 	// but the S-O pair must have been tried and fail by refusal if the
 	// relay is used.
 	race bool
+	// skew delays the controlled agent's checks, as a slow signaling path
+	// would: the controlling side's S-O attempts are over by then.
+	skew time.Duration
 }
 
 var labCells = []labCell{
 	{"same-lan", func(l *netlab.Lab) (a, b *netlab.NS) {
 		r := l.AddNAT("nat", 2, 1, netlab.NATDrop)
 		return r.AddHost("a", 2), r.AddHost("b", 3)
-	}, false, false},
+	}, false, false, 0},
 	{"public-nat", func(l *netlab.Lab) (a, b *netlab.NS) {
 		r := l.AddNAT("nat", 2, 1, netlab.NATDrop)
 		return l.AddPublicHost("a", 10), r.AddHost("b", 2)
-	}, false, false},
+	}, false, false, 0},
 	{"eim-drop-both", func(l *netlab.Lab) (a, b *netlab.NS) {
 		r1 := l.AddNAT("nat1", 2, 1, netlab.NATDrop)
 		r2 := l.AddNAT("nat2", 3, 2, netlab.NATDrop)
 		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, false, false},
+	}, false, false, 0},
+	{"eim-drop-both-skew", func(l *netlab.Lab) (a, b *netlab.NS) {
+		r1 := l.AddNAT("nat1", 2, 1, netlab.NATDrop)
+		r2 := l.AddNAT("nat2", 3, 2, netlab.NATDrop)
+		return r1.AddHost("a", 2), r2.AddHost("b", 2)
+	}, false, false, 2500 * time.Millisecond},
 	{"eim-rst-both", func(l *netlab.Lab) (a, b *netlab.NS) {
 		r1 := l.AddNAT("nat1", 2, 1, netlab.NATReset)
 		r2 := l.AddNAT("nat2", 3, 2, netlab.NATReset)
 		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, false, true},
+	}, false, true, 0},
 	{"symmetric-one", func(l *netlab.Lab) (a, b *netlab.NS) {
 		r1 := l.AddNAT("nat1", 2, 1, netlab.NATDrop)
 		r2 := l.AddNAT("nat2", 3, 2, netlab.NATSymmetric)
 		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, true, false},
+	}, true, false, 0},
 	{"symmetric-both", func(l *netlab.Lab) (a, b *netlab.NS) {
 		r1 := l.AddNAT("nat1", 2, 1, netlab.NATSymmetric)
 		r2 := l.AddNAT("nat2", 3, 2, netlab.NATSymmetric)
 		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, true, false},
+	}, true, false, 0},
 }
 
 // runCell builds the cell, runs a TURN/STUN server in the public segment
@@ -293,7 +304,7 @@ func runCell(t *testing.T, c labCell, size int) (ra, rb labResult) {
 	srv := turn.expect(t, "turn", 10*time.Second)
 	common := []string{"ICE_HELPER=agent", "ICE_TURN=" + srv, "ICE_SIZE=" + strconv.Itoa(size)}
 	pa := startHelper(t, a, append(common, "ICE_ADDR="+a.Addr.String(), "ICE_CONTROLLING=1")...)
-	pb := startHelper(t, b, append(common, "ICE_ADDR="+b.Addr.String(), "ICE_CONTROLLING=0")...)
+	pb := startHelper(t, b, append(common, "ICE_ADDR="+b.Addr.String(), "ICE_CONTROLLING=0", "ICE_DELAY="+c.skew.String())...)
 	da := pa.expect(t, "desc", 10*time.Second)
 	db := pb.expect(t, "desc", 10*time.Second)
 	fmt.Fprintf(pa.stdin, "desc %s\n", db)
