@@ -9,7 +9,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 )
 
 // Source is what a sender offers: the entries, and where each one's content
@@ -89,9 +91,7 @@ func Scan(ctx context.Context, paths []string, hashed func(n int64)) (*Source, e
 			if !st.Mode().IsRegular() {
 				return nil, fmt.Errorf("%s is not a regular file or directory", p)
 			}
-			if err := src.addFile(ctx, p, name, st, hashed); err != nil {
-				return nil, err
-			}
+			src.addFile(p, name, st)
 			continue
 		}
 		root := p
@@ -115,7 +115,7 @@ func Scan(ctx context.Context, paths []string, hashed func(n int64)) (*Source, e
 			case d.IsDir():
 				src.add(Entry{Path: rp, Kind: KindDir, Mode: uint32(info.Mode().Perm()), MTime: info.ModTime().UnixNano()}, "", nil)
 			case info.Mode().IsRegular():
-				return src.addFile(ctx, fp, rp, info, hashed)
+				src.addFile(fp, rp, info)
 			case info.Mode()&fs.ModeSymlink != 0:
 				target, err := os.Readlink(fp)
 				if err != nil {
@@ -135,10 +135,25 @@ func Scan(ctx context.Context, paths []string, hashed func(n int64)) (*Source, e
 			return nil, err
 		}
 	}
-	if err := ValidateEntries(src.Entries); err != nil {
+	if err := ValidateEntries(withPlaceholderHashes(src.Entries)); err != nil {
+		return nil, err
+	}
+	if err := src.hashAll(ctx, hashed); err != nil {
 		return nil, err
 	}
 	return src, nil
+}
+
+// withPlaceholderHashes lets the offer be validated before hashing.
+func withPlaceholderHashes(es []Entry) []Entry {
+	out := make([]Entry, len(es))
+	copy(out, es)
+	for i := range out {
+		if out[i].Kind == KindFile && out[i].Hash == "" && out[i].Size >= 0 {
+			out[i].Hash = strings.Repeat("0", 64)
+		}
+	}
+	return out
 }
 
 func (s *Source) add(e Entry, local string, blocks [][32]byte) {
@@ -147,30 +162,81 @@ func (s *Source) add(e Entry, local string, blocks [][32]byte) {
 	s.blocks = append(s.blocks, blocks)
 }
 
-func (s *Source) addFile(ctx context.Context, local, rel string, st fs.FileInfo, hashed func(int64)) error {
-	f, err := os.Open(local)
+func (s *Source) addFile(local, rel string, st fs.FileInfo) {
+	s.add(Entry{Path: rel, Kind: KindFile, Size: st.Size(), Mode: uint32(st.Mode().Perm()),
+		MTime: st.ModTime().UnixNano()}, local, nil)
+}
+
+// hashAll computes every file's content hash, several files at once (a
+// large file's blocks are spread over the cores by hashBlocks itself).
+// hashed, if set, is called with each file's size once it is hashed.
+func (s *Source) hashAll(ctx context.Context, hashed func(int64)) error {
+	var files []int
+	for i := range s.Entries {
+		if s.Entries[i].Kind == KindFile && s.local[i] != "" {
+			files = append(files, i)
+		}
+	}
+	var (
+		mu    sync.Mutex
+		first error
+	)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(files)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				err := s.hashOne(ctx, i)
+				mu.Lock()
+				if err != nil && first == nil {
+					first = err
+				}
+				if err == nil && hashed != nil {
+					hashed(s.Entries[i].Size)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, i := range files {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed || ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+func (s *Source) hashOne(ctx context.Context, i int) error {
+	e := &s.Entries[i]
+	f, err := os.Open(s.local[i])
 	if err != nil {
 		return err
 	}
-	blocks, err := hashBlocks(ctx, f, st.Size())
+	blocks, err := hashBlocks(ctx, f, e.Size)
 	f.Close()
 	if err != nil {
 		return err
 	}
-	after, err := os.Stat(local)
+	after, err := os.Stat(s.local[i])
 	if err != nil {
 		return err
 	}
-	if after.Size() != st.Size() || !after.ModTime().Equal(st.ModTime()) {
-		return fmt.Errorf("%s changed while being hashed", local)
+	if after.Size() != e.Size || after.ModTime().UnixNano() != e.MTime {
+		return fmt.Errorf("%s changed while being hashed", s.local[i])
 	}
-	if hashed != nil {
-		hashed(st.Size())
-	}
-	root := rootOf(blocks, st.Size())
-	s.add(Entry{
-		Path: rel, Kind: KindFile, Size: st.Size(), Mode: uint32(st.Mode().Perm()),
-		MTime: st.ModTime().UnixNano(), Hash: hex.EncodeToString(root[:]),
-	}, local, blocks)
+	root := rootOf(blocks, e.Size)
+	e.Hash = hex.EncodeToString(root[:])
+	s.blocks[i] = blocks
 	return nil
 }

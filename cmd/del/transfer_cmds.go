@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/del-share/del/identity"
@@ -101,7 +102,7 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 						return errors.New(`"-" (stdin) must be the only path`)
 					}
 				}
-				src, err = transfer.Scan(ctx, paths, nil)
+				src, err = scanWithFeedback(ctx, paths, cmd.ErrOrStderr(), quiet)
 			}
 			if err != nil {
 				return err
@@ -188,6 +189,35 @@ Exits 0 only when the receiver has confirmed every file's content hash.`,
 	cmd.Flags().StringVar(&relayMode, "relay", "auto", "auto: relay only if the direct connection fails; always; never")
 	cmd.Flags().StringVar(&limit, "limit-rate", "", "cap the data rate in bytes per second (suffixes k, M, G: powers of 1000)")
 	return cmd
+}
+
+// scanWithFeedback scans and hashes paths, saying so on w when it takes
+// more than a second (large trees).
+func scanWithFeedback(ctx context.Context, paths []string, w io.Writer, quiet bool) (*transfer.Source, error) {
+	var hashedBytes atomic.Int64
+	start := time.Now()
+	done := make(chan struct{})
+	slow := make(chan struct{})
+	go func() {
+		defer close(slow)
+		t := time.NewTimer(time.Second)
+		defer t.Stop()
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		if !quiet {
+			fmt.Fprintf(w, "hashing content (BLAKE3) before the offer…\n")
+		}
+	}()
+	src, err := transfer.Scan(ctx, paths, func(n int64) { hashedBytes.Add(n) })
+	close(done)
+	<-slow
+	if el := time.Since(start); !quiet && el > time.Second && err == nil {
+		fmt.Fprintf(w, "hashed %s in %s\n", transfer.FormatBytes(hashedBytes.Load()), el.Round(10*time.Millisecond))
+	}
+	return src, err
 }
 
 func pathExists(p string) bool {
