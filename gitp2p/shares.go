@@ -98,8 +98,8 @@ func (s *Shares) Save(file string) error {
 
 // Add adds or replaces the share of that name.
 func (s *Shares) Add(sh Share) error {
-	if !ValidName(sh.Name) {
-		return fmt.Errorf("share name %q: use letters, digits, '.', '_' and '-'", sh.Name)
+	if !ValidName(sh.Name) || strings.HasSuffix(sh.Name, ".git") {
+		return fmt.Errorf("share name %q: use letters, digits, '.', '_' and '-', without a .git suffix (URLs may add it)", sh.Name)
 	}
 	for _, p := range sh.Push {
 		if _, err := identity.ParseID(p); err != nil {
