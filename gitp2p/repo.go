@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // ZeroID is the all-zero object id that stands for "no object" in ref
@@ -131,8 +132,64 @@ type Refs struct {
 	List       []Ref
 }
 
-// ReadRefs lists the repository's references with for-each-ref.
+// refCache keeps the last listing of each repository with the fingerprint
+// of the ref files it was read from: a fetch then costs a directory walk
+// instead of a for-each-ref process (~20 ms on a loaded machine).
+var refCache sync.Map // git dir -> *cachedRefs
+
+type cachedRefs struct {
+	fingerprint string
+	refs        *Refs
+}
+
+// refsFingerprint describes HEAD, packed-refs and every file and directory
+// under refs/ by name, size, inode, modification and change time. git
+// replaces a ref by renaming a new file over it, so any update changes it.
+func refsFingerprint(gitDir string) (string, error) {
+	var b strings.Builder
+	add := func(path string, fi os.FileInfo) {
+		fmt.Fprintf(&b, "%s %d %d", path, fi.Size(), fi.ModTime().UnixNano())
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			fmt.Fprintf(&b, " %d %d.%d", st.Ino, st.Ctim.Sec, st.Ctim.Nsec)
+		}
+		b.WriteByte('\n')
+	}
+	for _, name := range []string{"HEAD", "packed-refs"} {
+		if fi, err := os.Stat(filepath.Join(gitDir, name)); err == nil {
+			add(name, fi)
+		}
+	}
+	err := filepath.WalkDir(filepath.Join(gitDir, "refs"), func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		add(path, fi)
+		return nil
+	})
+	return b.String(), err
+}
+
+// ReadRefs lists the repository's references: for-each-ref, or the cached
+// listing when no ref file changed since.
 func (r *Repo) ReadRefs(ctx context.Context) (*Refs, error) {
+	fp, fpErr := refsFingerprint(r.GitDir)
+	if c, ok := refCache.Load(r.GitDir); ok && fpErr == nil && c.(*cachedRefs).fingerprint == fp {
+		return c.(*cachedRefs).refs, nil
+	}
+	refs, err := r.readRefs(ctx)
+	if err == nil && fpErr == nil {
+		if fp2, err := refsFingerprint(r.GitDir); err == nil && fp2 == fp {
+			refCache.Store(r.GitDir, &cachedRefs{fingerprint: fp, refs: refs})
+		}
+	}
+	return refs, err
+}
+
+func (r *Repo) readRefs(ctx context.Context) (*Refs, error) {
 	out, err := r.output(ctx, nil, nil, "for-each-ref", "--format=%(objectname) %(refname) %(*objectname)")
 	if err != nil {
 		return nil, err

@@ -71,6 +71,7 @@ func ParseRequest(payload []byte) (service, repo string, err error) {
 // malformed request is answered with an ERR packet, which git shows as
 // "remote error: ..."; the caller then closes the channel.
 func Serve(ctx context.Context, rw io.ReadWriter, remote identity.ID, repo string, policy Policy) error {
+	trace("session for %s on %q", remote, repo)
 	br := bufio.NewReaderSize(rw, 64<<10)
 	bw := bufio.NewWriter(rw)
 	pr := NewReader(br)

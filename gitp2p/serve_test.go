@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -326,5 +327,61 @@ func TestListRoundTrip(t *testing.T) {
 	}
 	if _, err := ReadList(strings.NewReader("000dbad/name x\n0000")); err == nil {
 		t.Fatal("bad listing accepted")
+	}
+}
+
+// TestReadRefsCache: the cached listing follows every kind of ref change.
+func TestReadRefsCache(t *testing.T) {
+	dir, head := testRepo(t)
+	repo, err := OpenRepo(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	git := func(args ...string) {
+		cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+		cmd.Env = append(cleanEnv(), "HOME="+dir, "GIT_COMMITTER_NAME=T", "GIT_COMMITTER_EMAIL=t@example.org", "GIT_AUTHOR_NAME=T", "GIT_AUTHOR_EMAIL=t@example.org")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v %s", args, err, out)
+		}
+	}
+	list := func() string {
+		refs, err := repo.ReadRefs(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		if refs.Head != nil {
+			fmt.Fprintf(&b, "HEAD=%s>%s ", refs.Head.OID[:7], refs.HeadTarget)
+		}
+		for _, r := range refs.List {
+			fmt.Fprintf(&b, "%s=%s ", r.Name, r.OID[:7])
+		}
+		return b.String()
+	}
+	h := head[:7]
+	steps := []struct {
+		change func()
+		want   string
+	}{
+		{func() {}, "HEAD=" + h + ">refs/heads/main refs/heads/main=" + h + " refs/tags/v1="},
+		{func() { git("branch", "b2") }, "refs/heads/b2=" + h},
+		{func() { git("pack-refs", "--all") }, "refs/heads/b2=" + h},
+		{func() { git("branch", "-D", "b2") }, "!refs/heads/b2"},
+		{func() { git("commit", "-q", "--allow-empty", "-m", "2") }, "!refs/heads/main=" + h},
+		{func() { git("checkout", "-q", "--detach", head) }, "HEAD=" + h + ">"},
+	}
+	for i, st := range steps {
+		st.change()
+		got := list()
+		if again := list(); again != got {
+			t.Fatalf("step %d: second listing differs: %q vs %q", i, again, got)
+		}
+		if neg, ok := strings.CutPrefix(st.want, "!"); ok {
+			if strings.Contains(got, neg) {
+				t.Fatalf("step %d: listing %q still has %q", i, got, neg)
+			}
+		} else if !strings.Contains(got, st.want) {
+			t.Fatalf("step %d: listing %q lacks %q", i, got, st.want)
+		}
 	}
 }

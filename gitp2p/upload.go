@@ -11,6 +11,16 @@ import (
 	"sync"
 )
 
+// Trace, when set, receives timing points of each session (del git serve
+// sets it when DEL_GIT_TRACE is set).
+var Trace func(format string, args ...any)
+
+func trace(format string, args ...any) {
+	if Trace != nil {
+		Trace(format, args...)
+	}
+}
+
 // Agent is the agent= capability this server advertises.
 const Agent = "del/1"
 
@@ -199,6 +209,26 @@ func uploadPack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer) er
 	if err := w.Flush(); err != nil {
 		return err
 	}
+	trace("upload-pack: advertised %d refs", len(refs.List))
+	// The object reader starts while the client chooses its wants and haves.
+	objsReady := make(chan objectsOrErr, 1)
+	go func() {
+		o, err := repo.openObjects(ctx)
+		objsReady <- objectsOrErr{o, err}
+	}()
+	var objs objectsOrErr
+	received := false
+	getObjects := func() objectsOrErr {
+		if !received {
+			objs, received = <-objsReady, true
+		}
+		return objs
+	}
+	defer func() {
+		if o := getObjects(); o.objects != nil {
+			o.Close()
+		}
+	}()
 	ours := map[string]bool{}
 	peeled := map[string]string{}
 	if refs.Head != nil {
@@ -215,12 +245,11 @@ func uploadPack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer) er
 	if err != nil || req == nil {
 		return err
 	}
-	objs, err := repo.openObjects(ctx)
-	if err != nil {
-		return err
+	trace("upload-pack: %d wants", len(req.wants))
+	if o := getObjects(); o.err != nil {
+		return o.err
 	}
-	defer objs.Close()
-	sh, err := shallowUpdate(objs, req, peeled)
+	sh, err := shallowUpdate(objs.objects, req, peeled)
 	if err != nil {
 		return err
 	}
@@ -236,13 +265,14 @@ func uploadPack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer) er
 			return err
 		}
 	}
-	n := &negotiator{objs: objs, req: req, peeled: peeled, theyHave: map[string]bool{}, reaches: map[string]bool{}}
+	n := &negotiator{objs: objs.objects, req: req, peeled: peeled, theyHave: map[string]bool{}, reaches: map[string]bool{}}
 	if _, err := pr.Buffered().Peek(1); err != nil {
 		return nil // the client hung up after the shallow list
 	}
 	if err := n.run(pr, w); err != nil {
 		return err
 	}
+	trace("upload-pack: negotiated, %d common", len(n.haves))
 	return sendPack(ctx, repo, req, sh, n.haves, w)
 }
 
@@ -614,8 +644,13 @@ func sendPack(ctx context.Context, repo *Repo, req *uploadRequest, sh *shallowPl
 	}()
 	buf := make([]byte, MaxSidebandData)
 	var sendErr error
+	first := true
 	for {
 		n, err := io.ReadFull(stdout, buf)
+		if first && n > 0 {
+			trace("upload-pack: first pack bytes")
+			first = false
+		}
 		if n > 0 && sendErr == nil {
 			sendErr = bw.send(BandData, buf[:n])
 		}
@@ -637,5 +672,11 @@ func sendPack(ctx context.Context, repo *Repo, req *uploadRequest, sh *shallowPl
 	if req.sideband > 0 {
 		w.Write(AppendFlush(nil))
 	}
+	trace("upload-pack: pack sent")
 	return w.Flush()
+}
+
+type objectsOrErr struct {
+	*objects
+	err error
 }

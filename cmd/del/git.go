@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -176,6 +177,15 @@ while it runs apply at the next request.`,
 			file, err := sharesFile()
 			if err != nil {
 				return err
+			}
+			if os.Getenv("DEL_GIT_TRACE") != "" {
+				start := time.Now()
+				var mu sync.Mutex
+				gitp2p.Trace = func(format string, a ...any) {
+					mu.Lock()
+					defer mu.Unlock()
+					fmt.Fprintf(cmd.ErrOrStderr(), "del git serve %9.1fms: %s\n", float64(time.Since(start).Microseconds())/1000, fmt.Sprintf(format, a...))
+				}
 			}
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
