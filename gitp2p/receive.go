@@ -126,10 +126,14 @@ func receivePack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer, o
 		updateRefs(ctx, repo, cmds, atomic)
 	}
 	if !report {
-		if err := w.Flush(); err != nil || unpackErr == "" {
+		if err := w.Flush(); err != nil {
 			return err
 		}
-		return errors.New("unpack: " + unpackErr)
+		if unpackErr != "" {
+			return errors.New("unpack: " + unpackErr)
+		}
+		autoGC(ctx, repo, cmds)
+		return nil
 	}
 	if unpackErr != "" {
 		writeLine(w, "unpack %s\n", oneLine(unpackErr))
@@ -150,7 +154,18 @@ func receivePack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer, o
 	if unpackErr != "" {
 		return errors.New("unpack: " + unpackErr)
 	}
+	autoGC(ctx, repo, cmds)
 	return nil
+}
+
+// autoGC runs `git gc --auto` after a push that changed refs, as git's
+// receive-pack does, so that the packs of many small pushes get
+// consolidated. It runs in the foreground (gc.autoDetach=false): the
+// session owns it, and it does work only past git's thresholds.
+func autoGC(ctx context.Context, repo *Repo, cmds []*command) {
+	if anyAccepted(cmds) {
+		repo.output(ctx, nil, nil, "-c", "gc.autoDetach=false", "gc", "--auto", "--quiet")
+	}
 }
 
 func oneLine(s string) string {

@@ -454,6 +454,19 @@ func TestForceGrant(t *testing.T) {
 		t.Fatalf("topic not deleted: %s", o)
 	}
 	s.owner.fsck(s.src)
+	// Every push lands as a pack; git gc --auto after each keeps their
+	// number under gc.autoPackLimit.
+	s.owner.git(s.src, "config", "gc.autoPackLimit", "3")
+	for i := 0; i < 6; i++ {
+		writeFile(t, filepath.Join(clone, "n.txt"), randomBytes(100))
+		c.git(clone, "add", ".")
+		c.git(clone, "commit", "-q", "-m", fmt.Sprint("push ", i))
+		c.git(clone, "push", "-q", "origin", "HEAD:refs/heads/many")
+	}
+	if packs, _ := filepath.Glob(filepath.Join(s.src, ".git", "objects", "pack", "*.pack")); len(packs) > 4 {
+		t.Fatalf("%d packs after 6 pushes with gc.autoPackLimit=3", len(packs))
+	}
+	s.owner.fsck(s.src)
 }
 
 // TestShallowClone runs the same shallow operations over DEL and against
