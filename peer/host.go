@@ -36,6 +36,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -81,7 +84,11 @@ type HostConfig struct {
 	// Accept decides whether a device may connect at all; nil accepts any
 	// device (channels still need their own consent, e.g. transfer's).
 	Accept func(id identity.ID) bool
-	Logger *slog.Logger
+	// SeenFile, if set, keeps the nonces of signals already handled across
+	// restarts, so a device that comes back online does not answer requests
+	// it answered before (they stay on the DHT for minutes).
+	SeenFile string
+	Logger   *slog.Logger
 }
 
 // Host is a device online: it answers connection requests addressed to it
@@ -137,7 +144,7 @@ func NewHost(cfg HostConfig) (*Host, error) {
 		cfg.Logger = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Host{
+	h := &Host{
 		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		incoming: make(chan Incoming),
 		links:    map[identity.ID]*Link{},
@@ -146,7 +153,52 @@ func NewHost(cfg HostConfig) (*Host, error) {
 		nonces:   map[string]time.Time{},
 		answers:  map[string]chan signal{},
 		handles:  map[string]func(identity.ID, json.RawMessage){},
-	}, nil
+	}
+	h.loadSeen()
+	return h, nil
+}
+
+// loadSeen reads SeenFile: lines "<unix-expiry> <key>".
+func (h *Host) loadSeen() {
+	if h.cfg.SeenFile == "" {
+		return
+	}
+	b, err := os.ReadFile(h.cfg.SeenFile)
+	if err != nil {
+		return
+	}
+	now := h.cfg.Now()
+	for _, line := range strings.Split(string(b), "\n") {
+		exp, key, ok := strings.Cut(line, " ")
+		t, err := strconv.ParseInt(exp, 10, 64)
+		if ok && err == nil && time.Unix(t, 0).After(now) {
+			h.nonces[key] = time.Unix(t, 0)
+		}
+	}
+}
+
+// rememberLocked records a handled signal in SeenFile (appending; the file
+// is rewritten without expired lines when it grows).
+func (h *Host) rememberLocked(key string, until time.Time) {
+	if h.cfg.SeenFile == "" {
+		return
+	}
+	flag := os.O_WRONLY | os.O_CREATE | os.O_APPEND
+	if st, err := os.Stat(h.cfg.SeenFile); err == nil && st.Size() > 64<<10 {
+		flag = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	}
+	f, err := os.OpenFile(h.cfg.SeenFile, flag, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if flag&os.O_TRUNC != 0 {
+		for k, t := range h.nonces {
+			fmt.Fprintf(f, "%d %s\n", t.Unix(), k)
+		}
+		return
+	}
+	fmt.Fprintf(f, "%d %s\n", until.Unix(), key)
 }
 
 // ID is this device's id.
@@ -519,6 +571,7 @@ func (h *Host) open(v *wire.Value) (signal, identity.ID, error) {
 		return sig, identity.ID{}, errors.New("replayed")
 	}
 	h.nonces[key] = now.Add(3 * h.cfg.Freshness)
+	h.rememberLocked(key, h.nonces[key])
 	return sig, from, nil
 }
 

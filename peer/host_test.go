@@ -226,3 +226,26 @@ func TestDialRefusesWrongCertificate(t *testing.T) {
 		t.Fatal("dialed a device whose certificate does not hash to its id")
 	}
 }
+
+// A device that restarts does not answer a request it already answered.
+func TestSeenSignalsSurviveRestart(t *testing.T) {
+	net := newNetwork(t)
+	aliceID, bobID := testkeys.Identity(t, 0), testkeys.Identity(t, 1)
+	bob := net.host(bobID)
+	seen := t.TempDir() + "/seen"
+	mk := func() *Host {
+		h, err := NewHost(HostConfig{Identity: bobID, DHT: bob.cfg.DHT, SeenFile: seen})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	req := sealed(t, aliceID, bobID, signal{Kind: "request", From: aliceID.ID.String(), To: bobID.ID.String(),
+		Nonce: "once", Time: time.Now().Unix(), ICE: "a=ice-ufrag:abcd\n"})
+	if _, _, err := mk().open(req); err != nil {
+		t.Fatalf("first time: %v", err)
+	}
+	if _, _, err := mk().open(req); err == nil || !strings.Contains(err.Error(), "replayed") {
+		t.Fatalf("after a restart: %v, want replayed", err)
+	}
+}

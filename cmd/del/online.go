@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/del-share/del/dht"
@@ -73,7 +74,13 @@ func goOnline(ctx context.Context, ident *identity.Identity, o onlineOptions) (h
 			icfg.STUN = append(icfg.STUN, ap)
 		}
 	}
-	h, err = peer.NewHost(peer.HostConfig{Identity: ident, DHT: node.Node, ICE: icfg, Accept: o.accept})
+	home, err := config.Home()
+	if err != nil {
+		node.Close()
+		return nil, nil, err
+	}
+	h, err = peer.NewHost(peer.HostConfig{Identity: ident, DHT: node.Node, ICE: icfg, Accept: o.accept,
+		SeenFile: filepath.Join(home, "seen-signals")})
 	if err != nil {
 		node.Close()
 		return nil, nil, err
