@@ -24,6 +24,9 @@ type Source struct {
 	blocks [][][32]byte
 	// stream is the reader behind a stream entry.
 	stream io.Reader
+	// Skipped lists special files (sockets, FIFOs, devices) found inside
+	// the directories and left out of the offer.
+	Skipped []string
 }
 
 // Files returns the number of regular files and streams in the offer.
@@ -127,7 +130,8 @@ func Scan(ctx context.Context, paths []string, hashed func(n int64)) (*Source, e
 				}
 				src.add(Entry{Path: rp, Kind: KindSymlink, Mode: 0o777, Target: t}, "", nil)
 			default:
-				return fmt.Errorf("%s: cannot send a %s", fp, info.Mode().Type())
+				// Sockets, FIFOs and devices have no content to send.
+				src.Skipped = append(src.Skipped, fp)
 			}
 			return nil
 		})

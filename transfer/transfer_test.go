@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -466,5 +467,22 @@ func TestStreamToFile(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(out, "log.txt")); string(got) != "streamed\n" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+func TestSpecialFilesLeftOut(t *testing.T) {
+	in := filepath.Join(t.TempDir(), "tree")
+	writeFile(t, filepath.Join(in, "a.txt"), []byte("a"), 0o644)
+	if err := syscall.Mkfifo(filepath.Join(in, "pipe"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := scan(t, in)
+	if len(src.Skipped) != 1 || !strings.HasSuffix(src.Skipped[0], "pipe") {
+		t.Fatalf("skipped %v, want the FIFO", src.Skipped)
+	}
+	out := t.TempDir()
+	send, recv := run(t, src, ReceiveOptions{Dir: out, Decide: accept}, nil)
+	if send.err != nil || recv.err != nil || recv.rep.Files != 1 {
+		t.Fatalf("send %v, receive %v", send.err, recv.err)
 	}
 }

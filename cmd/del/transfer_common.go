@@ -65,6 +65,9 @@ func scanWithFeedback(ctx context.Context, paths []string, w io.Writer, quiet bo
 	src, err := transfer.Scan(ctx, paths, func(n int64) { hashedBytes.Add(n) })
 	close(done)
 	<-slow
+	if err == nil && len(src.Skipped) > 0 {
+		fmt.Fprintf(w, "left out %d special file(s) (sockets, FIFOs, devices), e.g. %s\n", len(src.Skipped), src.Skipped[0])
+	}
 	if el := time.Since(start); !quiet && el > time.Second && err == nil {
 		fmt.Fprintf(w, "hashed %s in %s\n", transfer.FormatBytes(hashedBytes.Load()), el.Round(10*time.Millisecond))
 	}
