@@ -262,17 +262,16 @@ func (r *run) check(p *Pair, now time.Time) {
 		return
 	}
 	r.dialing[p] = true
-	if p.Local.TCPType == SO {
-		r.soDeadline[p] = now.Add(r.a.cfg.CheckTimeout)
-	}
-	local := netip.AddrPortFrom(p.Local.Base.Addr(), 0)
-	reuse := false
-	if p.Local.TCPType == SO {
+	so := p.Local.TCPType == SO
+	local, reuse := netip.AddrPortFrom(p.Local.Base.Addr(), 0), false
+	if so {
+		// from the S-O port itself; the pair fails after CheckTimeout
+		// while the connect goes on (see dial)
 		local, reuse = p.Local.Base, true
+		r.soDeadline[p] = now.Add(r.a.cfg.CheckTimeout)
 	}
 	remote := p.Remote.Addr
 	timeout := r.a.cfg.CheckTimeout
-	so := p.Local.TCPType == SO
 	r.a.wg.Add(1)
 	go func() {
 		defer r.a.wg.Done()
@@ -290,9 +289,8 @@ func (r *run) check(p *Pair, now time.Time) {
 // soRetry: after a refused S-O connect, the next comes this much later.
 const soRetry = 1 * time.Millisecond
 
-// dial connects for a check. An S-O connect is retried while the peer
-// answers with RST (its SYN has not gone out yet) until timeout (RFC 6544
-// §7.1 leaves retries to the agent).
+// dial connects for a check: active candidates within timeout, S-O
+// candidates as below (RFC 6544 §7.1 leaves S-O retries to the agent).
 func (r *run) dial(local, remote netip.AddrPort, reuse, so bool, timeout time.Duration) (net.Conn, error) {
 	if !so {
 		ctx, cancel := context.WithTimeout(r.ctx, timeout)

@@ -36,8 +36,7 @@
 // the peer starts late), the pair counting as failed after CheckTimeout;
 // after a refusal (RST) it is repeated 1 ms later, for CheckTimeout. A
 // passive candidate never initiates: it answers on the connection the peer
-// opened
-// and sends its triggered check there. Checks that arrive from unknown
+// opened and sends its triggered check there. Checks that arrive from unknown
 // addresses make peer-reflexive remote candidates.
 //
 // Selection (RFC 8445 §8): the controlling agent nominates the best valid
