@@ -50,7 +50,11 @@ func binaries(t *testing.T) string {
 			if pkg == "." {
 				name = "git-remote-del"
 			}
-			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
+			args := []string{"build", "-o", filepath.Join(binDir, name)}
+			if os.Getenv("DEL_TEST_RACE") != "" { // race-detector builds of both binaries
+				args = append(args, "-race")
+			}
+			out, err := exec.Command("go", append(args, pkg)...).CombinedOutput()
 			if err != nil {
 				buildErr = fmt.Errorf("build %s: %v\n%s", pkg, err, out)
 				return
@@ -114,6 +118,9 @@ func (d *device) run(dir string, name string, args ...string) (string, error) {
 	go func() { done <- cmd.Wait() }()
 	select {
 	case err := <-done:
+		if strings.Contains(out.String(), "WARNING: DATA RACE") {
+			d.t.Errorf("data race in %s %v:\n%s", name, args, out.String())
+		}
 		return out.String(), err
 	case <-time.After(2 * time.Minute):
 		cmd.Process.Kill()
@@ -186,7 +193,9 @@ func startServer(t *testing.T, d *device) *server {
 			cmd.Process.Kill()
 			<-waited
 		}
-		if t.Failed() {
+		if strings.Contains(s.stderr.String(), "WARNING: DATA RACE") {
+			t.Errorf("data race in del git serve:\n%s", s.stderr)
+		} else if t.Failed() {
 			t.Logf("server stderr:\n%s", s.stderr)
 		}
 	})
