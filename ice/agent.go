@@ -47,6 +47,10 @@ type Config struct {
 	// pair succeeded, for higher-priority pairs still in progress
 	// (default 100 ms).
 	Settle time.Duration
+	// Keepalive: the returned Conn sends a STUN Binding indication after
+	// this long without writing (RFC 8445 §11), for NAT and TURN mappings;
+	// default 15 s, negative: none.
+	Keepalive time.Duration
 	// Timeout bounds Connect when ctx has no deadline (default 10 s).
 	Timeout time.Duration
 	// Logf, if set, receives debug lines.
@@ -76,6 +80,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Second
+	}
+	if c.Keepalive == 0 {
+		c.Keepalive = 15 * time.Second
 	}
 	if len(c.TCPTypes) == 0 {
 		c.TCPTypes = []TCPType{Active, Passive, SO}

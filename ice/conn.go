@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/stun/v4"
@@ -13,8 +14,8 @@ import (
 // Conn is the selected pair's TCP connection, handed to the application.
 // Data is framed per RFC 4571 (RFC 6544 §3); Write splits into frames of
 // at most MaxFrame bytes and Read returns payload bytes only. Late STUN
-// checks from the peer are answered (Binding success) and never returned
-// as data.
+// checks from the peer are answered (Binding success), keepalives (Binding
+// indications) are skipped; neither is ever returned as data.
 type Conn struct {
 	c    net.Conn
 	br   *bufio.Reader
@@ -27,14 +28,54 @@ type Conn struct {
 
 	wmu *sync.Mutex // shared with the check phase's writers
 
+	lastWrite atomic.Int64 // unix nanoseconds of the last frame written
+
 	closeOnce sync.Once
+	closed    chan struct{}
+	kaDone    chan struct{} // closed when the keepalive goroutine ends
 	relay     RelayAllocation
 	relayWG   *sync.WaitGroup
 	closeErr  error
 }
 
-func newConn(pc *pconn, p Pair, ufrag, pwd string, relay RelayAllocation, relayWG *sync.WaitGroup) *Conn {
-	return &Conn{c: pc.c, br: pc.br, pair: p, ufrag: ufrag, pwd: pwd, wmu: &pc.wmu, relay: relay, relayWG: relayWG}
+// newConn wraps the selected pair's connection; keepalive > 0 starts the
+// keepalive goroutine (see keepalive).
+func newConn(pc *pconn, p Pair, ufrag, pwd string, relay RelayAllocation, relayWG *sync.WaitGroup, keepalive time.Duration) *Conn {
+	c := &Conn{c: pc.c, br: pc.br, pair: p, ufrag: ufrag, pwd: pwd, wmu: &pc.wmu, relay: relay, relayWG: relayWG,
+		closed: make(chan struct{}), kaDone: make(chan struct{})}
+	c.lastWrite.Store(time.Now().UnixNano())
+	if keepalive > 0 {
+		go c.keepalive(keepalive)
+	} else {
+		close(c.kaDone)
+	}
+	return c
+}
+
+// keepalive sends a STUN Binding indication (RFC 8445 §11: no answer
+// expected) whenever nothing was written for an interval, so NATs and the
+// TURN server keep an idle connection's mapping.
+func (c *Conn) keepalive(every time.Duration) {
+	defer close(c.kaDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.closed:
+			return
+		case now := <-t.C:
+			if now.Sub(time.Unix(0, c.lastWrite.Load())) < every {
+				continue
+			}
+			m, err := stun.Build(stun.TransactionID, stun.NewType(stun.MethodBinding, stun.ClassIndication), stun.Fingerprint)
+			if err != nil {
+				return
+			}
+			if _, err := c.writeFrames(m.Raw); err != nil {
+				return
+			}
+		}
+	}
 }
 
 // Pair returns the selected candidate pair.
@@ -99,13 +140,16 @@ func (c *Conn) writeFrames(b []byte) (int, error) {
 		total += len(chunk)
 		b = b[len(chunk):]
 	}
+	c.lastWrite.Store(time.Now().UnixNano())
 	return total, nil
 }
 
 // Close closes the connection (and the relay allocation under it).
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
+		close(c.closed)
 		c.closeErr = c.c.Close()
+		<-c.kaDone
 		if c.relay != nil {
 			c.relay.Close()
 			c.relayWG.Wait()

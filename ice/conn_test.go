@@ -18,6 +18,14 @@ import (
 // pipeConn builds a Conn over one end of a loopback connection, as handOver does.
 func pipeConn(t *testing.T) (*Conn, net.Conn) {
 	t.Helper()
+	x, y := tcpPair(t)
+	pc := &pconn{c: x, br: bufio.NewReaderSize(x, 2+MaxFrame+16)}
+	return newConn(pc, Pair{}, ufragB, pwdB, nil, nil, 0), y
+}
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
 	// a real TCP connection on loopback: answers carry the peer's address
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -33,8 +41,7 @@ func pipeConn(t *testing.T) (*Conn, net.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { x.Close(); y.Close() })
-	pc := &pconn{c: x, br: bufio.NewReaderSize(x, 2+MaxFrame+16)}
-	return newConn(pc, Pair{}, ufragB, pwdB, nil, nil), y
+	return x, y
 }
 
 func TestConnLateCheckAnswered(t *testing.T) {
@@ -276,4 +283,33 @@ func TestConfigValidate(t *testing.T) {
 	if _, _, err := a.Connect(context.Background(), Description{}); err != ErrClosed {
 		t.Errorf("Connect after Close: %v", err)
 	}
+}
+
+func TestConnKeepalive(t *testing.T) {
+	x, y := tcpPair(t)
+	cx := newConn(&pconn{c: x, br: bufio.NewReaderSize(x, 2+MaxFrame+16)}, Pair{}, ufragA, pwdA, nil, nil, 10*time.Millisecond)
+	defer cx.Close()
+	// idle: a Binding indication arrives on the wire
+	_ = y.SetReadDeadline(time.Now().Add(2 * time.Second))
+	br := bufio.NewReaderSize(y, 2+MaxFrame+16)
+	f, err := peekFrame(br, MaxFrame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := decodeSTUN(f)
+	if err != nil || m.Type != stun.NewType(stun.MethodBinding, stun.ClassIndication) {
+		t.Fatalf("first frame on an idle connection: %v %v", err, m)
+	}
+	// the peer's Conn skips keepalives and returns data only
+	cy := newConn(&pconn{c: y, br: br}, Pair{}, ufragB, pwdB, nil, nil, -1)
+	defer cy.Close()
+	if _, err := cx.Write([]byte("data")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(cy, got); err != nil || string(got) != "data" {
+		t.Fatalf("read %q %v", got, err)
+	}
+	cx.Close()
+	cx.Close() // safe twice; the keepalive goroutine has ended (Close waits)
 }

@@ -467,5 +467,5 @@ func (r *run) handOver(p *Pair) *Conn {
 	if pc.local.Type == Relayed {
 		relay = a.relay
 	}
-	return newConn(pc, *p, a.ufrag, a.pwd, relay, &a.relayWG)
+	return newConn(pc, *p, a.ufrag, a.pwd, relay, &a.relayWG, a.cfg.Keepalive)
 }
