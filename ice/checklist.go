@@ -88,6 +88,7 @@ type Checklist struct {
 	lastCheck    time.Time
 	firstValid   time.Time
 	nominatedSet bool
+	nominating   *Pair // the pair ToNominate chose
 	peerSeen     bool
 }
 
@@ -413,6 +414,10 @@ func (cl *Checklist) RelayAllowed(now time.Time) bool { return cl.relayAllowed(n
 // the first direct pair became valid; a relayed pair only when
 // relayAllowed. It returns each nomination once.
 func (cl *Checklist) ToNominate(now time.Time) *Pair {
+	if cl.nominatedSet && cl.nominating != nil && cl.nominating.State == Failed {
+		// the check with USE-CANDIDATE failed: nominate again (another pair)
+		cl.nominatedSet, cl.nominating = false, nil
+	}
 	if !cl.Controlling || cl.nominatedSet {
 		return nil
 	}
@@ -438,7 +443,7 @@ func (cl *Checklist) ToNominate(now time.Time) *Pair {
 			return nil
 		}
 	}
-	cl.nominatedSet = true
+	cl.nominatedSet, cl.nominating = true, best
 	best.UseCandidate = true
 	best.State = Waiting // checked again, now with USE-CANDIDATE
 	return best

@@ -429,3 +429,21 @@ func TestPeerActiveRetriesFailedDirect(t *testing.T) {
 		t.Fatal("a failure after the peer was seen was retried")
 	}
 }
+
+func TestRenominateAfterFailedNomination(t *testing.T) {
+	cl := fourPairs(true)
+	cl.Ta = 0
+	a, _ := cl.Next(t0)
+	b, _ := cl.Next(t0)
+	cl.Succeeded(a, t0.Add(time.Millisecond), false)
+	cl.Succeeded(b, t0.Add(time.Millisecond), false)
+	p := cl.ToNominate(t0.Add(200 * time.Millisecond))
+	if p != a {
+		t.Fatalf("nominated %v, want the best pair", p)
+	}
+	q, _ := cl.Next(t0.Add(200 * time.Millisecond))
+	cl.Fail(q, errTest) // the check with USE-CANDIDATE got no answer
+	if p := cl.ToNominate(t0.Add(300 * time.Millisecond)); p != b {
+		t.Fatalf("after the nomination failed: %v, want the other valid pair", p)
+	}
+}
