@@ -205,6 +205,7 @@ func (a *Agent) Gather(ctx context.Context) (Description, error) {
 		return Description{}, err
 	}
 	var cands []Candidate
+	var jobs []srflxJob
 	lc := net.ListenConfig{Control: reuseControl}
 	for i, ip := range addrs {
 		pref := otherPref(ip, i)
@@ -224,20 +225,37 @@ func (a *Agent) Gather(ctx context.Context) (Description, error) {
 			a.addListener(ln, c)
 			cands = append(cands, c)
 			for _, srv := range a.cfg.STUN {
-				if srv.Addr().Is4() != ip.Is4() {
-					continue
+				if srv.Addr().Is4() == ip.Is4() {
+					jobs = append(jobs, srflxJob{base: base, srv: srv, tcp: tcp, pref: pref})
 				}
-				mapped, err := stunBinding(ctx, base, srv, a.cfg.CheckTimeout)
-				if err != nil {
-					a.cfg.Logf("ice: srflx from %s: %v", base, err)
-					continue
-				}
-				cands = append(cands, newLocal(ServerReflexive, tcp, mapped, base, srv.Addr(), pref))
 			}
 		}
 	}
+	// STUN queries and the TURN allocation run in parallel: an unreachable
+	// server costs one CheckTimeout, not one per candidate.
+	var wg sync.WaitGroup
+	for i := range jobs {
+		wg.Add(1)
+		go func(j *srflxJob) {
+			defer wg.Done()
+			j.mapped, j.err = stunBinding(ctx, j.base, j.srv, a.cfg.CheckTimeout)
+		}(&jobs[i])
+	}
+	var alloc RelayAllocation
+	var allocErr error
 	if a.cfg.Relay != nil {
-		alloc, err := a.cfg.Relay(ctx)
+		alloc, allocErr = a.cfg.Relay(ctx)
+	}
+	wg.Wait()
+	for _, j := range jobs {
+		if j.err != nil {
+			a.cfg.Logf("ice: srflx from %s: %v", j.base, j.err)
+			continue
+		}
+		cands = append(cands, newLocal(ServerReflexive, j.tcp, j.mapped, j.base, j.srv.Addr(), j.pref))
+	}
+	if a.cfg.Relay != nil {
+		err := allocErr
 		if err != nil {
 			a.cfg.Logf("ice: relay allocation: %v", err)
 		} else {
@@ -259,6 +277,15 @@ func (a *Agent) Gather(ctx context.Context) (Description, error) {
 	a.locals = cands
 	a.mu.Unlock()
 	return Description{Ufrag: a.ufrag, Pwd: a.pwd, Candidates: cands}, nil
+}
+
+// srflxJob is one STUN query of Gather: from a candidate's base to a server.
+type srflxJob struct {
+	base, srv netip.AddrPort
+	tcp       TCPType
+	pref      uint32
+	mapped    netip.AddrPort
+	err       error
 }
 
 func (a *Agent) addListener(ln net.Listener, c Candidate) {

@@ -313,3 +313,27 @@ func TestConnKeepalive(t *testing.T) {
 	cx.Close()
 	cx.Close() // safe twice; the keepalive goroutine has ended (Close waits)
 }
+
+// TestGatherSilentSTUN: a STUN server that never answers costs one
+// CheckTimeout for the whole gathering (queries run in parallel), and
+// leaves the host candidates.
+func TestGatherSilentSTUN(t *testing.T) {
+	silent := listenSilent(t)
+	a, err := NewAgent(Config{Addrs: loopback, STUN: []netip.AddrPort{silent}, CheckTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	start := time.Now()
+	d, err := a.Gather(context.Background())
+	el := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el > 550*time.Millisecond {
+		t.Errorf("gathering took %v with two queries of 300 ms each: not parallel", el)
+	}
+	if len(d.Candidates) != 3 {
+		t.Errorf("candidates %v", d.Candidates)
+	}
+}
