@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,7 +25,7 @@ func newGitCmd() *cobra.Command {
 		Use:   "git",
 		Short: "Share git repositories with other devices (clone with del://<peer-id>/<repo>)",
 	}
-	cmd.AddCommand(newGitShareCmd(), newGitUnshareCmd(), newGitListCmd(), newGitServeCmd())
+	cmd.AddCommand(newGitShareCmd(), newGitUnshareCmd(), newGitListCmd(), newGitServeCmd(), newGitConnectCmd())
 	return cmd
 }
 
@@ -158,18 +158,17 @@ With a peer: the repositories it lets this device reach, one per line: NAME read
 func newGitServeCmd() *cobra.Command {
 	var listen string
 	cmd := &cobra.Command{
-		Use:   "serve --listen HOST:PORT",
+		Use:   "serve [--listen HOST:PORT]",
 		Short: "Serve the shared repositories in the foreground",
-		Long: `Serve the shared repositories until stopped. Prints
+		Long: `Serve the shared repositories until stopped. With --listen, prints
 "listening <peer-id>@<host>:<port>" once ready; peers then run
-git clone del://<peer-id>@<host>:<port>/<name>. Shares added or removed
-while it runs apply at the next request.`,
+git clone del://<peer-id>@<host>:<port>/<name>. Without it, goes online
+through the DHT (DEL_BOOTSTRAP or the configuration) and prints
+"listening <peer-id>"; peers then run git clone del://<peer-id>/<name>.
+Shares added or removed while it runs apply at the next request.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			if listen == "" {
-				return errors.New("going online through the DHT is not wired in yet: use --listen HOST:PORT")
-			}
 			ident, err := loadIdentity(cmd)
 			if err != nil {
 				return err
@@ -187,14 +186,17 @@ while it runs apply at the next request.`,
 					fmt.Fprintf(cmd.ErrOrStderr(), "del git serve %9.1fms: %s\n", float64(time.Since(start).Microseconds())/1000, fmt.Sprintf(format, a...))
 				}
 			}
+			srv := &gitServer{ident: ident, policy: gitp2p.FilePolicy(file), log: func(format string, a ...any) {
+				fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", a...)
+			}}
+			if listen == "" {
+				return srv.serveOnline(ctx, cmd.OutOrStdout())
+			}
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "listening %s@%s\n", ident.ID, ln.Addr())
-			srv := &gitServer{ident: ident, policy: gitp2p.FilePolicy(file), log: func(format string, a ...any) {
-				fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", a...)
-			}}
 			return srv.serve(ctx, ln)
 		},
 	}
@@ -254,32 +256,99 @@ func (s *gitServer) serveLink(ctx context.Context, conn net.Conn) {
 		if err != nil {
 			return
 		}
-		if name == gitp2p.ListChannel {
-			var l []gitp2p.Listing
-			if lister, ok := s.policy.(gitp2p.Lister); ok {
-				l = lister.List(link.Remote)
-			}
-			gitp2p.WriteList(ch, l)
-			peer.Finish(ch, 10*time.Second)
-			continue
-		}
-		repo, ok := strings.CutPrefix(name, gitp2p.ChannelPrefix)
-		if !ok {
-			s.log("%s opened channel %q: not a git channel", link.Remote, name)
-			ch.Close()
-			continue
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := gitp2p.Serve(ctx, &idleConn{Conn: ch, idle: sessionIdle}, link.Remote, repo, s.policy); err != nil {
-				s.log("git %s for %s: %v", repo, link.Remote, err)
-			}
-			// We spoke last (the pack, the report or an ERR packet): let
-			// the client read it all before the channel closes.
-			peer.Finish(ch, 10*time.Second)
+			s.serveChannel(ctx, name, ch, link.Remote)
 		}()
 	}
+}
+
+// isGitChannel reports whether a channel name is one gitServer serves.
+func isGitChannel(name string) bool {
+	return name == gitp2p.ListChannel || strings.HasPrefix(name, gitp2p.ChannelPrefix)
+}
+
+// serveChannel serves one git channel (a session or a listing) and closes it.
+func (s *gitServer) serveChannel(ctx context.Context, name string, ch net.Conn, remote identity.ID) {
+	if name == gitp2p.ListChannel {
+		var l []gitp2p.Listing
+		if lister, ok := s.policy.(gitp2p.Lister); ok {
+			l = lister.List(remote)
+		}
+		gitp2p.WriteList(ch, l)
+		peer.Finish(ch, 10*time.Second)
+		return
+	}
+	repo, ok := strings.CutPrefix(name, gitp2p.ChannelPrefix)
+	if !ok {
+		s.log("%s opened channel %q: not a git channel", remote, name)
+		ch.Close()
+		return
+	}
+	if err := gitp2p.Serve(ctx, &idleConn{Conn: ch, idle: sessionIdle}, remote, repo, s.policy); err != nil {
+		s.log("git %s for %s: %v", repo, remote, err)
+	}
+	// We spoke last (the pack, the report or an ERR packet): let the client
+	// read it all before the channel closes.
+	peer.Finish(ch, 10*time.Second)
+}
+
+// serveOnline goes online through the DHT and serves the git channels
+// peers open by id.
+func (s *gitServer) serveOnline(ctx context.Context, out io.Writer) error {
+	cfg, _, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	host, stop, err := goOnline(ctx, s.ident, onlineOptions{cfg: cfg})
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Fprintf(out, "listening %s\n", s.ident.ID)
+	defer s.wg.Wait()
+	for {
+		in, err := host.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if !isGitChannel(in.Name) {
+			s.log("%s opened channel %q: not a git channel", in.Link.Remote, in.Name)
+			in.Conn.Close()
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveChannel(ctx, in.Name, in.Conn, in.Link.Remote)
+		}()
+	}
+}
+
+// sessionIdle is how long a git session may go without reading or writing
+// a byte before the server gives up on the peer.
+const sessionIdle = 2 * time.Minute
+
+// idleConn pushes the channel's deadlines forward at every read and write,
+// so that a peer that stops talking (or reading) mid-session frees the
+// server's goroutine and git subprocesses.
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	return c.Conn.Read(p)
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
+	return c.Conn.Write(p)
 }
 
 // listRemote asks a peer which repositories it shares with this device.
@@ -324,24 +393,66 @@ func listRemote(cmd *cobra.Command, target string) error {
 	return nil
 }
 
-// sessionIdle is how long a git session may go without reading or writing
-// a byte before the server gives up on the peer.
-const sessionIdle = 2 * time.Minute
-
-// idleConn pushes the channel's deadlines forward at every read and write,
-// so that a peer that stops talking (or reading) mid-session frees the
-// server's goroutine and git subprocesses.
-type idleConn struct {
-	net.Conn
-	idle time.Duration
-}
-
-func (c *idleConn) Read(p []byte) (int, error) {
-	c.Conn.SetReadDeadline(time.Now().Add(c.idle))
-	return c.Conn.Read(p)
-}
-
-func (c *idleConn) Write(p []byte) (int, error) {
-	c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
-	return c.Conn.Write(p)
+// newGitConnectCmd is git-remote-del's way to reach a peer by id: it runs as
+// the helper's replacement process, goes online through the DHT, dials the
+// peer's git channel with ICE, answers git's "connect" with the empty line
+// and then pipes stdin and stdout through the channel.
+func newGitConnectCmd() *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:    "connect <peer-id> <repo> git-upload-pack|git-receive-pack",
+		Short:  "Used by git-remote-del: connect git to a peer's repository by id",
+		Hidden: true,
+		Args:   cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := identity.ParseID(args[0])
+			if err != nil {
+				return err
+			}
+			repo, service := args[1], args[2]
+			if service != gitp2p.UploadPackService && service != gitp2p.ReceivePackService {
+				return fmt.Errorf("unknown service %q", service)
+			}
+			ident, err := loadIdentity(cmd)
+			if err != nil {
+				return err
+			}
+			cfg, _, err := loadConfig()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			dctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			host, stop, err := goOnline(dctx, ident, onlineOptions{cfg: cfg, client: true})
+			if err != nil {
+				return err
+			}
+			defer stop()
+			ch, _, err := host.Dial(dctx, id, gitp2p.ChannelPrefix+repo)
+			if err != nil {
+				return err
+			}
+			defer ch.Close()
+			if _, err := ch.Write(gitp2p.AppendRequest(nil, service, repo)); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if _, err := io.WriteString(out, "\n"); err != nil {
+				return err
+			}
+			// git -> peer ends when git closes its side; the process exits
+			// once the peer has closed the channel.
+			go func() {
+				io.Copy(ch, cmd.InOrStdin())
+				if cw, ok := ch.(interface{ CloseWrite() error }); ok {
+					cw.CloseWrite()
+				}
+			}()
+			_, err = io.Copy(out, ch)
+			return err
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "connect-timeout", 60*time.Second, "how long to try to reach the peer")
+	return cmd
 }

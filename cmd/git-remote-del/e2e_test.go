@@ -69,10 +69,11 @@ func binaries(t *testing.T) string {
 
 // device is one DEL_HOME with a test identity, and a HOME for git.
 type device struct {
-	t       *testing.T
-	home    string
-	ident   *identity.Identity
-	gitHome string
+	extraEnv []string // appended to the environment of every command
+	t        *testing.T
+	home     string
+	ident    *identity.Identity
+	gitHome  string
 }
 
 func newDevice(t *testing.T, key int) *device {
@@ -98,7 +99,7 @@ func (d *device) env() []string {
 			env = append(env, kv)
 		}
 	}
-	return env
+	return append(env, d.extraEnv...)
 }
 
 // run runs a command in dir as this device and returns its combined output.
@@ -172,7 +173,13 @@ type server struct {
 }
 
 func startServer(t *testing.T, d *device) *server {
-	cmd := exec.Command(filepath.Join(binaries(t), "del"), "git", "serve", "--listen", "127.0.0.1:0")
+	return startProcess(t, d, `^listening ([0-9a-f]{40}@127\.0\.0\.1:\d+)\n$`, "git", "serve", "--listen", "127.0.0.1:0")
+}
+
+// startProcess runs del with args as device d and waits for its first
+// stdout line to match re; target is the first group.
+func startProcess(t *testing.T, d *device, re string, args ...string) *server {
+	cmd := exec.Command(filepath.Join(binaries(t), "del"), args...)
 	cmd.Env = d.env()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -207,13 +214,13 @@ func startServer(t *testing.T, d *device) *server {
 	}()
 	select {
 	case l := <-line:
-		m := regexp.MustCompile(`^listening ([0-9a-f]{40}@127\.0\.0\.1:\d+)\n$`).FindStringSubmatch(l)
+		m := regexp.MustCompile(re).FindStringSubmatch(l)
 		if m == nil {
 			t.Fatalf("server said %q", l)
 		}
 		s.target = m[1]
-	case <-time.After(30 * time.Second):
-		t.Fatal("server did not print its address")
+	case <-time.After(60 * time.Second):
+		t.Fatalf("del %v did not print its first line; stderr:\n%s", args, s.stderr)
 	}
 	return s
 }
@@ -576,9 +583,9 @@ func TestRefusals(t *testing.T) {
 	if !strings.Contains(out, "expected") {
 		t.Fatalf("wrong peer id:\n%s", out)
 	}
-	// An id-only URL without a configured address says what to do.
+	// An id-only URL with no DHT bootstrap node configured says what to do.
 	out = s.client.gitFails(work, "ls-remote", "del://"+s.owner.ident.ID.String()+"/proj")
-	if !strings.Contains(out, "not available yet") {
+	if !strings.Contains(out, "no DHT bootstrap node is configured") {
 		t.Fatalf("id-only URL:\n%s", out)
 	}
 	// ... and works once the address is configured.
@@ -783,5 +790,51 @@ func TestEmptyBareRepository(t *testing.T) {
 	other.fsck(clone)
 	if q, _ := filepath.Glob(filepath.Join(bare, "objects", "tmp_objdir-incoming-*")); len(q) > 0 {
 		t.Fatalf("quarantine left behind: %v", q)
+	}
+}
+
+// TestCloneByID: the serving device goes online through a DHT node on
+// loopback and prints only its id; the others clone, fetch and push with
+// del://<peer-id>/<repo>, found through the DHT and connected with ICE.
+func TestCloneByID(t *testing.T) {
+	binaries(t)
+	owner, c, st := newDevice(t, 0), newDevice(t, 1), newDevice(t, 2)
+	dht := startProcess(t, owner, `^dht listening (\S+) `, "dht", "run", "--listen", "127.0.0.1:0")
+	for _, d := range []*device{owner, c, st} {
+		d.extraEnv = []string{"DEL_BOOTSTRAP=" + dht.target, "DEL_INTERFACES=lo"}
+	}
+	src := makeRepo(t, owner)
+	if out, err := owner.run("", "del", "git", "share", src, "--name", "proj", "--allow-push", c.ident.ID.String()); err != nil {
+		t.Fatalf("share: %v %s", err, out)
+	}
+	srv := startProcess(t, owner, `^listening ([0-9a-f]{40})\n$`, "git", "serve")
+	if srv.target != owner.ident.ID.String() {
+		t.Fatalf("serve printed %q, want the bare id %s", srv.target, owner.ident.ID)
+	}
+	url := "del://" + srv.target + "/proj"
+	work := t.TempDir()
+	clone := filepath.Join(work, "clone")
+	c.git(work, "clone", "-q", url, clone)
+	if got, want := c.git(clone, "rev-parse", "HEAD", "origin/dev", "v2"), owner.git(src, "rev-parse", "main", "dev", "v2"); got != want {
+		t.Fatalf("cloned %s, want %s", got, want)
+	}
+	c.fsck(clone)
+	c.git(clone, "checkout", "-q", "-b", "dev", "origin/dev")
+	writeFile(t, filepath.Join(clone, "by-id.txt"), []byte("pushed by id\n"))
+	c.git(clone, "add", ".")
+	c.git(clone, "commit", "-q", "-m", "by id")
+	c.git(clone, "push", "-q", "origin", "dev")
+	if got, want := owner.git(src, "rev-parse", "dev"), c.git(clone, "rev-parse", "dev"); got != want {
+		t.Fatalf("server dev %s, want %s", got, want)
+	}
+	owner.fsck(src)
+	// The grant still applies by id.
+	other := filepath.Join(work, "other")
+	st.git(work, "clone", "-q", url, other)
+	writeFile(t, filepath.Join(other, "s.txt"), []byte("s\n"))
+	st.git(other, "add", ".")
+	st.git(other, "commit", "-q", "-m", "stranger")
+	if out := st.gitFails(other, "push", "origin", "HEAD:refs/heads/stranger"); !strings.Contains(out, "may not push") {
+		t.Fatalf("push without grant by id:\n%s", out)
 	}
 }

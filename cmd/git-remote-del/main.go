@@ -14,8 +14,11 @@
 // The peer's `del git serve` answers as upload-pack or receive-pack, or
 // with an ERR packet that git prints as "remote error: ...".
 //
-// Finding a device by its id alone (DHT + ICE) is not available yet. Until
-// it is, an id-only URL needs the peer's address in git's configuration:
+// An id-only URL is resolved by `del git connect` (the del command must be
+// on PATH): it joins the DHT through the configured bootstrap nodes
+// (DEL_BOOTSTRAP or config.toml), finds the peer and connects with ICE,
+// and this process is replaced by it. An address in git's configuration
+// short-cuts the lookup:
 //
 //	git config --global del.<peer-id>.address HOST:PORT
 //
@@ -81,9 +84,9 @@ type Dialer interface {
 	Dial(ctx context.Context, t Target) (*peer.Link, error)
 }
 
-// ErrNoAddress is returned when a URL names a peer by id alone and no
-// address is known for it.
-var ErrNoAddress = errors.New("finding a peer by id alone (DHT + ICE) is not available yet")
+// ErrNoAddress is returned when a URL names a peer by id alone and it
+// cannot be looked up.
+var ErrNoAddress = errors.New("cannot find a peer by id alone")
 
 // directDialer dials HOST:PORT over TCP: the URL's address, or the one
 // configured in git as del.<peer-id>.address.
@@ -179,6 +182,10 @@ func run(ctx context.Context, url string, in io.Reader, out io.Writer, dialer Di
 				if err != nil {
 					return err
 				}
+				if t.Addr == "" && d.lookup(t.Peer) == "" {
+					// By id: `del git connect` goes online and takes over.
+					return execDelConnect(t, service)
+				}
 				dialer = d
 			}
 			return connect(ctx, dialer, t, service, br, out)
@@ -188,7 +195,21 @@ func run(ctx context.Context, url string, in io.Reader, out io.Writer, dialer Di
 	}
 }
 
-func defaultDialer() (Dialer, error) {
+// execDelConnect replaces this process with `del git connect`, which finds
+// the peer by id (DHT + ICE, with the device's configuration) and pipes
+// git's bytes itself. git waits for the answer to "connect" before sending
+// protocol data, so nothing of stdin has been read ahead.
+func execDelConnect(t Target, service string) error {
+	del, err := exec.LookPath("del")
+	if err != nil {
+		return fmt.Errorf("%w without the del command on PATH: use del://%s@<host>:<port>/%s, or set `git config del.%s.address HOST:PORT`",
+			ErrNoAddress, t.Peer, t.Repo, t.Peer)
+	}
+	trace("exec %s git connect", del)
+	return syscall.Exec(del, []string{"del", "git", "connect", t.Peer.String(), t.Repo, service}, os.Environ())
+}
+
+func defaultDialer() (*directDialer, error) {
 	home, err := config.Home()
 	if err != nil {
 		return nil, err
