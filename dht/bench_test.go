@@ -29,6 +29,10 @@ func BenchmarkPutGet(b *testing.B) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	ctx := context.Background()
+	var recv0 uint64
+	for _, u := range nodes[:20] {
+		recv0 += u.Stats().Received
+	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		var key wire.ID
@@ -44,4 +48,10 @@ func BenchmarkPutGet(b *testing.B) {
 			b.Fatalf("get: %v", err)
 		}
 	}
+	b.StopTimer()
+	var recv1 uint64
+	for _, u := range nodes[:20] {
+		recv1 += u.Stats().Received
+	}
+	b.ReportMetric(float64(recv1-recv0)/float64(b.N), "datagrams-received-by-network/op")
 }

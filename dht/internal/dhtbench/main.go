@@ -34,9 +34,11 @@ type result struct {
 	found, gets              int
 	putMsgs, getMsgs         []int
 	cpuPerOp                 time.Duration
-	privPerNode              float64 // kB, median RssAnon
-	perValue                 float64 // bytes of private memory per stored copy of a value
-	replicas                 int     // stored copies (put acks)
+	pingRTT                  []time.Duration
+	idleCPU                  time.Duration // per second, whole network
+	privPerNode              float64       // kB, median RssAnon
+	perValue                 float64       // bytes of private memory per stored copy of a value
+	replicas                 int           // stored copies (put acks)
 	failed                   int
 }
 
@@ -169,7 +171,12 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 	for time.Now().Before(deadline) && (clients[0].Stats().Nodes < min(n, 24) || clients[1].Stats().Nodes < min(n, 24)) {
 		time.Sleep(100 * time.Millisecond)
 	}
+	time.Sleep(2 * time.Second)
+	idle0, _ := netStats(cmds)
 	time.Sleep(5 * time.Second)
+	idle1, _ := netStats(cmds)
+	r.idleCPU = (idle1 - idle0) / 5
+	r.pingRTT = pingRTT(bootAddr, 400)
 	cpu0, anon0 := netStats(cmds)
 	slices.Sort(anon0)
 	r.privPerNode = float64(anon0[len(anon0)/2])
@@ -248,6 +255,36 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 	return r, nil
 }
 
+// pingRTT sends pings from a plain UDP socket to one node, one at a time.
+func pingRTT(to netip.AddrPort, count int) []time.Duration {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	id := wire.HashKey("dhtbench-pinger")
+	buf := make([]byte, 2048)
+	var out []time.Duration
+	for i := 0; i < count; i++ {
+		m := wire.Message{Kind: wire.KindQuery, Method: wire.Ping, TID: uint32(i + 1), UA: wire.UserAgent, ID: id}
+		t0 := time.Now()
+		c.WriteToUDPAddrPort(m.Marshal(), to)
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		for {
+			n, _, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				break
+			}
+			if r, err := wire.Decode(buf[:n]); err == nil && r.Kind == wire.KindReply && r.TID == uint32(i+1) {
+				out = append(out, time.Since(t0))
+				break
+			}
+		}
+		time.Sleep(2 * time.Millisecond) // stay under the per-IP rate limit
+	}
+	return out
+}
+
 func pct(d []time.Duration, p float64) string {
 	if len(d) == 0 {
 		return "-"
@@ -286,6 +323,7 @@ func report(rs []*result, ops int) {
 			return fmt.Sprintf("%s / %s / %s", pct(d(r), 0.5), pct(d(r), 0.9), pct(d(r), 0.99))
 		}
 	}
+	row("ping RTT ms (median / p90 / p99)", lat(func(r *result) []time.Duration { return r.pingRTT }))
 	row("put ms (median / p90 / p99)", lat(func(r *result) []time.Duration { return r.put }))
 	row("get ms (median / p90 / p99)", lat(func(r *result) []time.Duration { return r.get }))
 	row("listen: put→event ms", lat(func(r *result) []time.Duration { return r.lstn }))
@@ -293,6 +331,7 @@ func report(rs []*result, ops int) {
 	row("failed puts", func(r *result) string { return strconv.Itoa(r.failed) })
 	row("messages per put (median)", func(r *result) string { return medInt(r.putMsgs) })
 	row("messages per get (median)", func(r *result) string { return medInt(r.getMsgs) })
+	row("idle network CPU, ms per s", func(r *result) string { return fmt.Sprintf("%.0f", float64(r.idleCPU.Microseconds())/1000) })
 	row("network CPU per op, ms", func(r *result) string { return fmt.Sprintf("%.2f", float64(r.cpuPerOp.Microseconds())/1000) })
 	row("private memory per node (RssAnon)", func(r *result) string { return fmt.Sprintf("%.1f MB", r.privPerNode/1024) })
 	row("copies stored per put (mean)", func(r *result) string { return fmt.Sprintf("%.1f", float64(r.replicas)/float64(ops)) })
