@@ -123,7 +123,7 @@ func newGitUnshareCmd() *cobra.Command {
 
 func newGitListCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "list [<peer-id>@<host>:<port>]",
+		Use:   "list [<peer-id>[@<host>:<port>]]",
 		Short: "List this device's shared repositories, or those a peer shares with this device",
 		Long: `Without an argument: this device's shares, one per line: NAME PATH [push:ID,...] [force].
 With a peer: the repositories it lets this device reach, one per line: NAME read|push|force.`,
@@ -351,35 +351,51 @@ func (c *idleConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// listRemote asks a peer which repositories it shares with this device.
+// listRemote asks a peer which repositories it shares with this device:
+// at <peer-id>@<host>:<port>, or by id through the DHT.
 func listRemote(cmd *cobra.Command, target string) error {
-	idPart, addr, ok := strings.Cut(target, "@")
+	idPart, addr, hasAddr := strings.Cut(target, "@")
 	want, err := identity.ParseID(idPart)
 	if err != nil {
 		return err
 	}
-	if _, _, err := net.SplitHostPort(addr); !ok || err != nil {
-		return fmt.Errorf("%q: use <peer-id>@<host>:<port> (finding a peer by id alone is not available yet)", target)
+	if _, _, err := net.SplitHostPort(addr); hasAddr && err != nil {
+		return fmt.Errorf("%q: use <peer-id> or <peer-id>@<host>:<port>", target)
 	}
 	ident, err := loadIdentity(cmd)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(cmd.Context(), 60*time.Second)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", addr, err)
-	}
-	link, err := peer.Client(ctx, conn, peer.Config{Identity: ident, Expect: want})
-	if err != nil {
-		return err
-	}
-	defer link.Close()
-	ch, err := link.Open(ctx, gitp2p.ListChannel)
-	if err != nil {
-		return err
+	var ch net.Conn
+	if hasAddr {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return fmt.Errorf("connect to %s: %w", addr, err)
+		}
+		link, err := peer.Client(ctx, conn, peer.Config{Identity: ident, Expect: want})
+		if err != nil {
+			return err
+		}
+		defer link.Close()
+		if ch, err = link.Open(ctx, gitp2p.ListChannel); err != nil {
+			return err
+		}
+	} else {
+		cfg, _, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		host, stop, err := goOnline(ctx, ident, onlineOptions{cfg: cfg, client: true})
+		if err != nil {
+			return err
+		}
+		defer stop()
+		if ch, _, err = host.Dial(ctx, want, gitp2p.ListChannel); err != nil {
+			return err
+		}
 	}
 	defer ch.Close()
 	ch.SetReadDeadline(time.Now().Add(30 * time.Second))

@@ -812,6 +812,9 @@ func TestCloneByID(t *testing.T) {
 		t.Fatalf("serve printed %q, want the bare id %s", srv.target, owner.ident.ID)
 	}
 	url := "del://" + srv.target + "/proj"
+	if out, err := c.run("", "del", "git", "list", srv.target); err != nil || strings.TrimSpace(out) != "proj\tpush" {
+		t.Fatalf("del git list by id: %v %q", err, out)
+	}
 	work := t.TempDir()
 	clone := filepath.Join(work, "clone")
 	c.git(work, "clone", "-q", url, clone)
