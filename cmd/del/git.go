@@ -186,9 +186,9 @@ Shares added or removed while it runs apply at the next request.`,
 					fmt.Fprintf(cmd.ErrOrStderr(), "del git serve %9.1fms: %s\n", float64(time.Since(start).Microseconds())/1000, fmt.Sprintf(format, a...))
 				}
 			}
-			srv := &gitServer{ident: ident, policy: gitp2p.FilePolicy(file), log: func(format string, a ...any) {
+			srv := newGitServer(ident, file, func(format string, a ...any) {
 				fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", a...)
-			}}
+			})
 			if listen == "" {
 				return srv.serveOnline(ctx, cmd.OutOrStdout())
 			}
@@ -202,6 +202,14 @@ Shares added or removed while it runs apply at the next request.`,
 	}
 	cmd.Flags().StringVar(&listen, "listen", "", "HOST:PORT to listen on (port 0 picks a free one)")
 	return cmd
+}
+
+// newGitServer serves the shares listed in file (gitp2p.SharesFile of
+// DEL_HOME). The daemon can hand it the channels its host accepts: for a
+// name with isGitChannel, go srv.serveChannel(ctx, in.Name, in.Conn,
+// in.Link.Remote).
+func newGitServer(ident *identity.Identity, file string, log func(format string, a ...any)) *gitServer {
+	return &gitServer{ident: ident, policy: gitp2p.FilePolicy(file), log: log}
 }
 
 // gitServer accepts links and serves git channels on them. It owns one
