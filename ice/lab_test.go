@@ -26,6 +26,7 @@ type labResult struct {
 	Relay       bool    // the selected pair uses a relayed candidate
 	Elapsed     float64 // ms, start of checks to selection
 	FirstByte   float64 // ms, start of checks to the first application byte (controlling side)
+	Gather      float64 // ms: listeners, STUN queries, TURN allocation
 	Checks      int
 	Report      string
 	TransferOK  bool
@@ -86,7 +87,9 @@ func labAgent() (res labResult) {
 	}
 	defer a.Close()
 	ctx := context.Background()
+	g0 := time.Now()
 	d, err := a.Gather(ctx)
+	res.Gather = float64(time.Since(g0).Microseconds()) / 1000
 	if err != nil {
 		res.Err = err.Error()
 		return res
@@ -343,8 +346,8 @@ func TestLab(t *testing.T) {
 			} else if ra.Relay != c.relay || rb.Relay != c.relay {
 				t.Errorf("relay used: %v/%v, want %v (selected %q / %q)", ra.Relay, rb.Relay, c.relay, ra.Selected, rb.Selected)
 			}
-			t.Logf("BENCH cell=%s selected=%q first_byte_ms=%.1f select_ms=%.1f checks=%d+%d transfer_MBps=%.0f",
-				c.name, ra.Selected, ra.FirstByte, ra.Elapsed, ra.Checks, rb.Checks, ra.TransferMBs)
+			t.Logf("BENCH cell=%s selected=%q first_byte_ms=%.1f select_ms=%.1f checks=%d+%d transfer_MBps=%.0f gather_ms=%.1f",
+				c.name, ra.Selected, ra.FirstByte, ra.Elapsed, ra.Checks, rb.Checks, ra.TransferMBs, max(ra.Gather, rb.Gather))
 		})
 	}
 }
