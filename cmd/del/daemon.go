@@ -33,6 +33,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/del-share/del/gitp2p"
 	"github.com/del-share/del/identity"
 	"github.com/del-share/del/internal/config"
 	"github.com/del-share/del/peer"
@@ -75,7 +76,8 @@ func newDaemonCmd() *cobra.Command {
 		Long: `Keeps this device online until SIGINT/SIGTERM: a full DHT node, the answer
 to connection requests, and the accept policy of config.toml. del send and del
 receive of the same DEL_HOME then work through it (socket $DEL_HOME/daemon.sock).
-Prints "daemon online <peer-id>" once ready.`,
+It also serves the repositories shared with del git share (git/<repo>
+channels). Prints "daemon online <peer-id>" once ready.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -156,12 +158,23 @@ type receiveWaiter struct {
 }
 
 // acceptTransfers hands each incoming file channel to a waiting `del
-// receive`, or receives it by policy.
+// receive`, or receives it by policy, and serves git channels for the
+// shared repositories (del git share).
 func (d *daemon) acceptTransfers(ctx context.Context) {
+	git := newGitServer(d.ident, gitp2p.SharesFile(d.home), func(format string, a ...any) {
+		slog.Info(fmt.Sprintf(format, a...))
+	})
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		in, err := d.host.Accept(ctx)
 		if err != nil {
 			return
+		}
+		if isGitChannel(in.Name) {
+			wg.Add(1)
+			go func() { defer wg.Done(); git.serveChannel(ctx, in.Name, in.Conn, in.Link.Remote) }()
+			continue
 		}
 		if in.Name != FileChannel {
 			in.Conn.Close()

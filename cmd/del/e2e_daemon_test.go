@@ -2,11 +2,14 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/del-share/del/internal/testenv"
 )
 
 // TestCLIDaemon: a daemon keeps Bob online; `del receive` works through it,
@@ -73,4 +76,49 @@ func TestCLIDaemon(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(bob.home, daemonSocket)); err == nil {
 		t.Fatal("control socket left behind")
 	}
+}
+
+// TestCLIDaemonServesGit: a repository shared with del git share is cloned
+// by id with the real git while only the daemon keeps its device online.
+func TestCLIDaemonServesGit(t *testing.T) {
+	gitBin := testenv.NeedBinary(t, "git")
+	onlineEnv(t)
+	owner, cloner := newDevice(t, 0), newDevice(t, 1)
+	helperDir := t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", helperDir, "../git-remote-del").CombinedOutput(); err != nil {
+		t.Fatalf("build git-remote-del: %v\n%s", err, out)
+	}
+	// git-remote-del runs `del`: both on PATH.
+	if err := os.Symlink(delBinary(t), filepath.Join(helperDir, "del")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", helperDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	gitEnv := []string{"GIT_CONFIG_NOSYSTEM=1", "HOME=" + t.TempDir(), "GIT_AUTHOR_NAME=a", "GIT_AUTHOR_EMAIL=a@x",
+		"GIT_COMMITTER_NAME=a", "GIT_COMMITTER_EMAIL=a@x"}
+	git := func(d *device, dir string, args ...string) string {
+		t.Helper()
+		c := exec.Command(gitBin, args...)
+		c.Dir = dir
+		c.Env = append(append(os.Environ(), "DEL_HOME="+d.home), gitEnv...)
+		out, err := c.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	repo := t.TempDir()
+	git(owner, repo, "init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(repo, "README"), []byte("shared through the daemon\n"), 0o644)
+	git(owner, repo, "add", ".")
+	git(owner, repo, "commit", "-q", "-m", "first")
+	if out, err := owner.cmd("git", "share", repo, "--name", "proj").CombinedOutput(); err != nil {
+		t.Fatalf("git share: %v\n%s", err, out)
+	}
+	startServer(t, owner.cmd("daemon"), "daemon online ")
+	work := t.TempDir()
+	git(cloner, work, "clone", "-q", "del://"+owner.id.String()+"/proj", "clone")
+	if got, want := git(cloner, filepath.Join(work, "clone"), "rev-parse", "HEAD"), git(owner, repo, "rev-parse", "HEAD"); got != want {
+		t.Fatalf("cloned %s, want %s", got, want)
+	}
+	git(cloner, filepath.Join(work, "clone"), "fsck", "--full")
 }
