@@ -3,6 +3,7 @@ package gitp2p
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -383,5 +384,77 @@ func TestReadRefsCache(t *testing.T) {
 		} else if !strings.Contains(got, st.want) {
 			t.Fatalf("step %d: listing %q lacks %q", i, got, st.want)
 		}
+	}
+}
+
+// TestOldSideband: a client that asks for side-band (not -64k) gets the
+// pack in packets of at most 1000 bytes, with the progress on band 2.
+func TestOldSideband(t *testing.T) {
+	dir, _ := testRepo(t)
+	random := make([]byte, 64000)
+	rand.Read(random)
+	os.WriteFile(filepath.Join(dir, "big"), random, 0o644)
+	for _, args := range [][]string{{"add", "big"}, {"-c", "user.name=T", "-c", "user.email=t@example.org", "commit", "-q", "-m", "big"}} {
+		cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+		cmd.Env = append(cleanEnv(), "HOME="+dir)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+	}
+	out, _ := exec.Command("git", "-C", dir, "rev-parse", "HEAD").Output()
+	tip := strings.TrimSpace(string(out))
+	repo, err := OpenRepo(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in []byte
+	in = AppendString(in, "want "+tip+" side-band ofs-delta\n")
+	in = AppendFlush(in)
+	in = AppendString(in, "done\n")
+	rw := &pipeRW{r: bytes.NewReader(in)}
+	if err := UploadPack(context.Background(), repo, rw, rw); err != nil {
+		t.Fatal(err)
+	}
+	b := rw.Bytes()
+	flushes, progress := 0, 0
+	var pack []byte
+	for len(b) > 0 {
+		kind, p, n, err := Parse(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = b[n:]
+		if kind == Flush {
+			flushes++
+			continue
+		}
+		if flushes == 0 || string(p) == "NAK\n" {
+			continue
+		}
+		if n > 1000 {
+			t.Fatalf("side-band packet of %d bytes", n)
+		}
+		band, d, err := ParseSideband(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch band {
+		case BandData:
+			pack = append(pack, d...)
+		case BandProgress:
+			progress++
+		}
+	}
+	if len(pack) < 64000 || string(pack[:4]) != "PACK" || flushes != 2 {
+		t.Fatalf("pack of %d bytes, %d flushes", len(pack), flushes)
+	}
+	if progress == 0 {
+		t.Fatal("no progress on band 2")
+	}
+	// The pack is one git accepts.
+	cmd := exec.Command("git", "-C", dir, "index-pack", "--stdin", "--fix-thin")
+	cmd.Stdin = bytes.NewReader(pack)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("index-pack: %v %s", err, out)
 	}
 }

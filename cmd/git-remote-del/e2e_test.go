@@ -341,8 +341,14 @@ func TestCloneFetchPush(t *testing.T) {
 	c.fsck(clone)
 	s.owner.fsck(s.src)
 
-	// ls-remote lists HEAD, the branches, the tags and the peeled tags.
+	// ls-remote lists HEAD, the branches, the tags and the peeled tags,
+	// whatever protocol version git asks for (the server answers v0).
 	ls := c.git(work, "ls-remote", s.srv.url("proj"))
+	for _, v := range []string{"0", "1", "2"} {
+		if got := c.git(work, "-c", "protocol.version="+v, "ls-remote", s.srv.url("proj")); got != ls {
+			t.Fatalf("ls-remote with protocol.version=%s:\n%s\nwant:\n%s", v, got, ls)
+		}
+	}
 	for _, ref := range []string{"HEAD", "refs/heads/dev", "refs/tags/v1", "refs/tags/v1^{}", "refs/tags/light"} {
 		if !regexp.MustCompile(`(?m)^[0-9a-f]{40}\t` + regexp.QuoteMeta(ref) + `$`).MatchString(ls) {
 			t.Fatalf("ls-remote lacks %s:\n%s", ref, ls)
