@@ -479,8 +479,17 @@ func receivePackfile(ctx context.Context, repo *Repo, br *bufio.Reader, opts Rec
 			<-copied
 			break
 		}
-		interrupt(true)
-		<-copied
+		// The copy may be between two reads, and a reader that pushes its
+		// deadline forward at each read (an idle timeout) would undo a
+		// single interrupt: repeat it until the copy has stopped.
+		for stopped := false; !stopped; {
+			interrupt(true)
+			select {
+			case <-copied:
+				stopped = true
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
 		interrupt(false)
 	}
 	if waitErr != nil {
