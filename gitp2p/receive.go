@@ -455,7 +455,11 @@ func receivePackfile(ctx context.Context, repo *Repo, br *bufio.Reader, opts Rec
 	if max <= 0 {
 		max = 4 << 30
 	}
-	cmd := repo.command(ctx, q.env(), "index-pack", "--stdin", "--fix-thin", fmt.Sprintf("--max-input-size=%d", max))
+	args := []string{"index-pack", "--stdin", "--fix-thin", fmt.Sprintf("--max-input-size=%d", max)}
+	if repo.fsckObjects(ctx) {
+		args = append(args, "--strict")
+	}
+	cmd := repo.command(ctx, q.env(), args...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return q, err
@@ -498,4 +502,17 @@ func receivePackfile(ctx context.Context, repo *Repo, br *bufio.Reader, opts Rec
 		return q, fmt.Errorf("index-pack: %s", oneLine(stderr.String()))
 	}
 	return q, nil
+}
+
+// fsckObjects reports whether the repository asks for incoming objects to
+// be checked (receive.fsckObjects, else transfer.fsckObjects), as git's
+// receive-pack does.
+func (r *Repo) fsckObjects(ctx context.Context) bool {
+	for _, key := range []string{"receive.fsckObjects", "transfer.fsckObjects"} {
+		out, err := r.output(ctx, nil, nil, "config", "--type=bool", "--get", key)
+		if err == nil {
+			return strings.TrimSpace(string(out)) == "true"
+		}
+	}
+	return false
 }

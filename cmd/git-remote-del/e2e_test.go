@@ -151,6 +151,20 @@ func (d *device) gitEnv(env []string, dir string, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
+// gitIn runs git with stdin.
+func (d *device) gitIn(dir, stdin string, args ...string) string {
+	d.t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	cmd.Env = d.env()
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.Output()
+	if err != nil {
+		d.t.Fatalf("git %s: %v", strings.Join(args, " "), err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
 func (d *device) gitFails(dir string, args ...string) string {
 	d.t.Helper()
 	out, err := d.run(dir, "git", args...)
@@ -452,6 +466,21 @@ func TestCloneFetchPush(t *testing.T) {
 	if o, err := s.owner.run(s.src, "git", "rev-parse", "-q", "--verify", "refs/heads/topic2"); err == nil {
 		t.Fatalf("atomic push created topic2: %s", o)
 	}
+	// With receive.fsckObjects, a commit without an author is refused and
+	// its objects never reach the repository.
+	s.owner.git(s.src, "config", "receive.fsckObjects", "true")
+	tree := c.git(clone, "rev-parse", "HEAD^{tree}")
+	raw := fmt.Sprintf("tree %s\nparent %s\ncommitter T <t@example.org> 1700000000 +0000\n\nno author\n", tree, c.git(clone, "rev-parse", "HEAD"))
+	bad := c.gitIn(clone, raw, "hash-object", "-t", "commit", "-w", "--literally", "--stdin")
+	out = c.gitFails(clone, "push", "origin", bad+":refs/heads/bad")
+	if !strings.Contains(out, "unpack") {
+		t.Fatalf("push of a broken commit:\n%s", out)
+	}
+	if _, err := s.owner.run(s.src, "git", "cat-file", "-e", bad); err == nil {
+		t.Fatal("the broken commit reached the server's objects")
+	}
+	s.owner.git(s.src, "config", "--unset", "receive.fsckObjects")
+	c.git(clone, "prune", "--expire=now") // the broken commit, unreachable here too
 	// Nothing was left in quarantine.
 	if q, _ := filepath.Glob(filepath.Join(s.src, ".git", "objects", "tmp_objdir-incoming-*")); len(q) > 0 {
 		t.Fatalf("quarantine left behind: %v", q)
