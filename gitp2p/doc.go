@@ -61,8 +61,8 @@
 //	C: <old> <new> <ref>\0<caps>, more commands, 0000, then a pack
 //	S: unpack ok | unpack <error>, ok <ref> | ng <ref> <reason> ..., 0000
 //
-// The pack is walked object by object (headers and zlib streams) while it
-// is copied to `git index-pack --stdin --fix-thin`, whose object directory
+// The pack is copied to `git index-pack --stdin --fix-thin` (with --strict
+// when receive.fsckObjects or transfer.fsckObjects is set), whose object directory
 // is a fresh quarantine, objects/tmp_objdir-incoming-*, with the
 // repository's objects as alternate (GIT_OBJECT_DIRECTORY,
 // GIT_ALTERNATE_OBJECT_DIRECTORIES, GIT_QUARANTINE_PATH; see
