@@ -340,3 +340,54 @@ func TestAnnounceRefreshes(t *testing.T) {
 		t.Fatalf("value put once still there after 25 min (%d)", n)
 	}
 }
+
+// A listener hears a refresh when the publisher announces its value again,
+// once even though several storing nodes report it.
+func TestListenHearsRefresh(t *testing.T) {
+	s := newSimNet(10)
+	for i := 0; i < 8; i++ {
+		s.add(t)
+	}
+	listener := s.nodes[s.addrs[7]]
+	key := wire.HashKey("refreshing")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, err := listener.Listen(ctx, key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.run()
+	s.advance(time.Second)
+	pub := s.nodes[s.addrs[1]]
+	pub.mu.Lock()
+	pub.announceLocked(key, &wire.Value{Type: TypeIceCandidates, Data: []byte("c"), ID: 5})
+	pub.mu.Unlock()
+	s.run()
+	next := func() Event {
+		t.Helper()
+		select {
+		case ev := <-events:
+			return ev
+		case <-time.After(5 * time.Second):
+			t.Fatal("no event")
+			return Event{}
+		}
+	}
+	if ev := next(); ev.Expired || ev.Refreshed || ev.Value.ID != 5 {
+		t.Fatalf("first event %+v", ev)
+	}
+	// Type 5 lives 1 min; Announce puts it again 30 s later.
+	start := s.clock.Now()
+	for s.clock.Now().Sub(start) < 40*time.Second {
+		s.advance(5 * time.Second)
+	}
+	if ev := next(); !ev.Refreshed || ev.Value.ID != 5 {
+		t.Fatalf("want a refresh, got %+v", ev)
+	}
+	// A duplicate would already be queued: the pump delivers it at once.
+	select {
+	case ev := <-events:
+		t.Fatalf("extra event %+v", ev)
+	case <-time.After(200 * time.Millisecond):
+	}
+}

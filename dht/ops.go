@@ -347,8 +347,9 @@ func (n *Node) FindCertificate(ctx context.Context, id wire.ID) (*x509.Certifica
 
 // Event is a change heard by Listen.
 type Event struct {
-	Value   *wire.Value
-	Expired bool // the value expired or was removed
+	Value     *wire.Value
+	Expired   bool // the value expired or was removed
+	Refreshed bool // its publisher refreshed it (at most one event per value per 10 s)
 }
 
 // listenOp keeps a key listened on its closest nodes: a lookup, listen
@@ -360,6 +361,7 @@ type listenOp struct {
 	query   *wire.Query
 	nodes   map[wire.ID]*listenNode
 	known   map[uint64]*wire.Value
+	fresh   map[uint64]time.Time // last Refreshed event per value
 	search  *search
 	nextRes time.Time
 	stopped bool
@@ -381,6 +383,7 @@ type listenNode struct {
 func (n *Node) Listen(ctx context.Context, key wire.ID, q *wire.Query) (<-chan Event, error) {
 	out := make(chan Event)
 	l := &listenOp{key: key, query: q, nodes: map[wire.ID]*listenNode{}, known: map[uint64]*wire.Value{},
+		fresh:  map[uint64]time.Time{},
 		signal: make(chan struct{}, 1)}
 	n.mu.Lock()
 	if n.closed {
@@ -557,9 +560,17 @@ func (n *Node) handleUpdateLocked(m *wire.Message, from netip.AddrPort, now time
 		l.known[v.ID] = v
 		l.emitLocked(Event{Value: v})
 	}
+	for _, id := range m.Refreshed {
+		// Several storing nodes report the same refresh: one event.
+		if v := l.known[id]; v != nil && now.Sub(l.fresh[id]) >= 10*time.Second {
+			l.fresh[id] = now
+			l.emitLocked(Event{Value: v, Refreshed: true})
+		}
+	}
 	for _, id := range m.Expired {
 		if v := l.known[id]; v != nil {
 			delete(l.known, id)
+			delete(l.fresh, id)
 			l.emitLocked(Event{Value: v, Expired: true})
 		}
 	}

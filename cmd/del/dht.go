@@ -285,8 +285,11 @@ func newDHTListenCmd() *cobra.Command {
 			fmt.Fprintln(cmd.OutOrStdout(), "listening", wire.ParseKey(args[0]))
 			for ev := range events {
 				kind := "value"
-				if ev.Expired {
+				switch {
+				case ev.Expired:
 					kind = "expired"
+				case ev.Refreshed:
+					kind = "refreshed"
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), kind, describeValue(ev.Value))
 			}

@@ -115,6 +115,9 @@ func location(r Reading) string { return fmt.Sprintf("%.4f,%.4f", r.Lat, r.Long)
 
 // Handle processes one listen event.
 func (vw *Viewer) Handle(ev dht.Event) {
+	if ev.Refreshed {
+		return // the same reading, kept alive
+	}
 	if vw.latest == nil {
 		vw.latest = map[string]Reading{}
 	}
