@@ -36,6 +36,14 @@ var (
 	buildErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
 // binaries builds del and git-remote-del once per test run.
 func binaries(t *testing.T) string {
 	t.Helper()
