@@ -11,6 +11,9 @@ package main
 //	→ {"op":"send","to":"<peer-id>","paths":["/abs/path",...],"limit":0}
 //	→ {"op":"receive","dir":"/abs/dir","yes":true,"overwrite":false}
 //	→ {"op":"status"}
+//	→ {"op":"connect","to":"<peer-id>","channel":"git/<repo>"}
+//	   (after an ok result the socket carries the channel's bytes both ways;
+//	   git-remote-del's connections go through it instead of joining the DHT)
 //	← {"ev":"begin","files":2,"bytes":1234}   progress: begin, file, advance, fileend, end
 //	← {"ev":"info","text":"listening <peer-id>"}
 //	← {"ev":"result","ok":true,"text":"sent 2 file(s) …"} | {"ev":"result","ok":false,"text":"<error>"}
@@ -51,6 +54,7 @@ type ctlRequest struct {
 	Paths     []string `json:"paths,omitempty"`
 	Limit     int64    `json:"limit,omitempty"`
 	Dir       string   `json:"dir,omitempty"`
+	Channel   string   `json:"channel,omitempty"`
 	Yes       bool     `json:"yes,omitempty"`
 	Overwrite bool     `json:"overwrite,omitempty"`
 }
@@ -232,8 +236,10 @@ func (d *daemon) receive(ctx context.Context, in peer.Incoming, w *receiveWaiter
 func (d *daemon) serveControl(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	ev := &eventWriter{w: c}
-	line, err := bufio.NewReader(io.LimitReader(c, 1<<20)).ReadBytes('\n')
+	br := bufio.NewReaderSize(c, 1<<20)
+	line, err := br.ReadSlice('\n')
 	if err != nil {
+		ev.result(false, "bad request: no newline within 1 MiB")
 		return
 	}
 	var req ctlRequest
@@ -268,9 +274,47 @@ func (d *daemon) serveControl(ctx context.Context, c net.Conn) {
 		}
 	case "send":
 		d.send(ctx, req, ev)
+	case "connect":
+		d.connect(ctx, req, c, br, ev)
 	default:
 		ev.result(false, fmt.Sprintf("unknown op %q", req.Op))
 	}
+}
+
+// connect opens a channel to a peer and splices it to the control
+// connection (whose buffered reader br may already hold the first bytes).
+func (d *daemon) connect(ctx context.Context, req ctlRequest, c net.Conn, br *bufio.Reader, ev *eventWriter) {
+	to, err := identity.ParseID(req.To)
+	if err != nil {
+		ev.result(false, err.Error())
+		return
+	}
+	if req.Channel == "" || req.Channel == FileChannel {
+		ev.result(false, fmt.Sprintf("channel %q cannot be connected through the daemon", req.Channel))
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	ch, _, err := d.host.Dial(dctx, to, req.Channel)
+	cancel()
+	if err != nil {
+		ev.result(false, err.Error())
+		return
+	}
+	defer ch.Close()
+	ev.result(true, "connected")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Copy(ch, br)
+		if cw, ok := ch.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}()
+	io.Copy(c, ch)
+	if uc, ok := c.(*net.UnixConn); ok {
+		uc.CloseWrite()
+	}
+	<-done
 }
 
 func (d *daemon) send(ctx context.Context, req ctlRequest, ev *eventWriter) {
@@ -412,3 +456,46 @@ func (nilProgress) FileBegin(string, int64, int64) {}
 func (nilProgress) Advance(int64)                  {}
 func (nilProgress) FileEnd(string, error)          {}
 func (nilProgress) End()                           {}
+
+// daemonChannel asks the daemon on c to connect to a peer's channel and
+// returns the socket as that channel.
+func daemonChannel(c net.Conn, to identity.ID, channel string) (io.ReadWriteCloser, error) {
+	b, _ := json.Marshal(ctlRequest{Op: "connect", To: to.String(), Channel: channel})
+	if _, err := c.Write(append(b, '\n')); err != nil {
+		c.Close()
+		return nil, err
+	}
+	br := bufio.NewReader(c)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	var ev ctlEvent
+	if err := json.Unmarshal(line, &ev); err != nil || ev.Ev != "result" {
+		c.Close()
+		return nil, fmt.Errorf("daemon: unexpected answer %q", line)
+	}
+	if !ev.OK {
+		c.Close()
+		return nil, errors.New(ev.Text)
+	}
+	return &daemonStream{Reader: br, Conn: c}, nil
+}
+
+// daemonStream reads through the buffered reader that took the daemon's
+// answer, writes to the socket, and half-closes it.
+type daemonStream struct {
+	io.Reader
+	net.Conn
+}
+
+func (s *daemonStream) Read(p []byte) (int, error) { return s.Reader.Read(p) }
+
+// CloseWrite tells the daemon (and so the peer) that we are done sending.
+func (s *daemonStream) CloseWrite() error {
+	if uc, ok := s.Conn.(*net.UnixConn); ok {
+		return uc.CloseWrite()
+	}
+	return nil
+}

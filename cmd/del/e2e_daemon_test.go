@@ -121,4 +121,12 @@ func TestCLIDaemonServesGit(t *testing.T) {
 		t.Fatalf("cloned %s, want %s", got, want)
 	}
 	git(cloner, filepath.Join(work, "clone"), "fsck", "--full")
+
+	// With its own daemon running, the cloner's git commands go through
+	// it: they work even with no bootstrap node in their environment.
+	startServer(t, cloner.cmd("daemon"), "daemon online ")
+	t.Setenv("DEL_BOOTSTRAP", "")
+	if got, want := git(cloner, filepath.Join(work, "clone"), "ls-remote", "origin", "refs/heads/main"), git(owner, repo, "rev-parse", "HEAD"); !strings.HasPrefix(got, want) {
+		t.Fatalf("ls-remote through the daemon: %q, want %s", got, want)
+	}
 }

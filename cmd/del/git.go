@@ -441,21 +441,29 @@ func newGitConnectCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg, _, err := loadConfig()
+			cfg, home, err := loadConfig()
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
 			dctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			host, stop, err := goOnline(dctx, ident, onlineOptions{cfg: cfg, client: true})
-			if err != nil {
-				return err
-			}
-			defer stop()
-			ch, _, err := host.Dial(dctx, id, gitp2p.ChannelPrefix+repo)
-			if err != nil {
-				return err
+			var ch io.ReadWriteCloser
+			if c := daemonConn(home); c != nil {
+				// A running daemon already has the DHT, the peer's link and
+				// its ICE path: no join per git command.
+				if ch, err = daemonChannel(c, id, gitp2p.ChannelPrefix+repo); err != nil {
+					return err
+				}
+			} else {
+				host, stop, err := goOnline(dctx, ident, onlineOptions{cfg: cfg, client: true})
+				if err != nil {
+					return err
+				}
+				defer stop()
+				if ch, _, err = host.Dial(dctx, id, gitp2p.ChannelPrefix+repo); err != nil {
+					return err
+				}
 			}
 			defer ch.Close()
 			if _, err := ch.Write(gitp2p.AppendRequest(nil, service, repo)); err != nil {
