@@ -20,7 +20,7 @@ const (
 	listenResearch = 2 * time.Minute  // how often a listen redoes its lookup
 )
 
-// acceptLocked filters a received value as SecureDht does: a bad signature
+// accept filters a received value as SecureDht does: a bad signature
 // is dropped; an encrypted value is decrypted when it is for us and dropped
 // otherwise.
 func (n *Node) accept(v *wire.Value) (*wire.Value, bool) {

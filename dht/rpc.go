@@ -156,6 +156,8 @@ const (
 	rxMaxTime     = 10 * time.Second
 )
 
+// expirePartialsLocked drops reassemblies that timed out, and forgets
+// sources and rate counters not seen for a while.
 func (n *Node) expirePartialsLocked(now time.Time) {
 	for k, p := range n.partials {
 		if now.Sub(p.last) > rxPartTimeout || now.Sub(p.start) > rxMaxTime {

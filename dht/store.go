@@ -85,7 +85,7 @@ const (
 	putEdited              // signed value replaced by a newer one
 )
 
-// checkStorable applies the store policies of §12 that do not depend on
+// storable applies the store policies of §12 that do not depend on
 // the routing table: size, type policy (certificates only at their key id).
 // Signatures are checked by the caller.
 func storable(h wire.ID, v *wire.Value) bool {
@@ -239,7 +239,7 @@ func (s *store) expire(now time.Time) map[wire.ID][]uint64 {
 	return out
 }
 
-// nextExpiry is the earliest expiry among stored values (zero if none).
+// count is the number of stored values.
 func (s *store) count() int {
 	n := 0
 	for _, k := range s.keys {

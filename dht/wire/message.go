@@ -97,7 +97,7 @@ type Message struct {
 	Parts []Part // KindPart only
 }
 
-// WantsV4 and WantsV6 read the "w" argument: absent means the family the
+// WantFamilies reads the "w" argument: absent means the family the
 // request arrived on (reported by ok=false). 10, 23, 28 and 30 all mean
 // IPv6 (Linux, Windows, FreeBSD, macOS numbering).
 func (m *Message) WantFamilies() (v4, v6, ok bool) {
