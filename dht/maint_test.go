@@ -391,3 +391,42 @@ func TestListenHearsRefresh(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+// Headers announcing fragmented values cannot make a node hold unbounded
+// reassembly state.
+func TestReassemblyBounds(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1e9, 0)}
+	n, _ := captureNode(t, Config{Clock: clock, RateLimitPerIP: -1, RateLimit: -1})
+	from := netip.MustParseAddrPort("127.0.0.1:9000")
+	put := func(tid uint32, sizes []uint64) {
+		m := wire.Message{Kind: wire.KindQuery, Method: wire.Put, TID: tid, UA: wire.UserAgent, ID: wire.ID{4},
+			Hash: wire.HashKey("k"), Token: n.tok.make(from), ValueSizes: sizes}
+		n.HandlePacket(m.Marshal(), from)
+	}
+	many := make([]uint64, 5000)
+	for i := range many {
+		many[i] = 100
+	}
+	put(1, many)
+	put(2, []uint64{60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000, 60000})
+	if len(n.partials) != 0 {
+		t.Fatalf("%d reassemblies for oversized headers", len(n.partials))
+	}
+	for i := 0; i < 200; i++ {
+		put(uint32(10+i), []uint64{1000})
+	}
+	if len(n.partials) != maxPartialsPerIP {
+		t.Fatalf("%d reassemblies from one IP, want %d", len(n.partials), maxPartialsPerIP)
+	}
+	// A fragmented reply to nothing we asked is not reassembled.
+	r := wire.Message{Kind: wire.KindReply, TID: 999, UA: wire.UserAgent, ID: wire.ID{5}, ValueSizes: []uint64{700}}
+	n.HandlePacket(r.Marshal(), netip.MustParseAddrPort("127.0.0.2:9000"))
+	if len(n.partials) != maxPartialsPerIP {
+		t.Fatal("unsolicited fragmented reply started a reassembly")
+	}
+	clock.Add(11 * time.Second)
+	n.Tick()
+	if len(n.partials) != 0 {
+		t.Fatalf("%d reassemblies left after the timeout", len(n.partials))
+	}
+}

@@ -150,6 +150,43 @@ type partial struct {
 	start, last time.Time
 }
 
+// Bounds on reassembly state, so that headers announcing values cannot make
+// a node hold much memory: values per message, bytes per message, messages
+// in reassembly per source IP and in all.
+const (
+	maxPartialValues   = MaxValuesPerKey
+	maxPartialBytes    = 1 << 20
+	maxPartialsPerIP   = 64
+	maxPartialsInTotal = 4096
+)
+
+// partialAllowedLocked decides whether to start reassembling m: a reply
+// only for a request of ours to that address, and within the bounds above.
+func (n *Node) partialAllowedLocked(m *wire.Message, from netip.AddrPort) bool {
+	if m.Kind == wire.KindReply {
+		if r := n.reqs[m.TID]; r == nil || r.to != from {
+			return false
+		}
+	}
+	if len(m.ValueSizes) > maxPartialValues {
+		return false
+	}
+	total := uint64(0)
+	for _, sz := range m.ValueSizes {
+		total += min(sz, wire.MaxValueSize+32)
+	}
+	if total > maxPartialBytes || len(n.partials) >= maxPartialsInTotal {
+		return false
+	}
+	perIP := 0
+	for k := range n.partials {
+		if k.from.Addr() == from.Addr() {
+			perIP++
+		}
+	}
+	return perIP < maxPartialsPerIP
+}
+
 // Reassembly timeouts (network_engine.h:486-488).
 const (
 	rxPartTimeout = 3 * time.Second
@@ -226,6 +263,10 @@ func (n *Node) HandlePacket(b []byte, from netip.AddrPort) {
 		return
 	}
 	if m.Fragmented() {
+		if !n.partialAllowedLocked(m, from) {
+			n.stats.Dropped++
+			return
+		}
 		k := partialKey{from, m.TID}
 		if n.partials[k] == nil {
 			n.partials[k] = &partial{r: wire.NewReassembly(m), start: now, last: now}

@@ -193,6 +193,13 @@ func (n *Node) serveListenLocked(m *wire.Message, from netip.AddrPort, src *sour
 	k := n.st.key(m.Hash, true)
 	lk := listenerKey{m.ID, m.SID}
 	l := k.listeners[lk]
+	if l == nil && len(k.listeners) >= maxListenersPerKey {
+		// Full: confirm without registering, as for a refused put.
+		r := n.base(wire.KindReply, m.TID)
+		r.SeenAddr = from.Addr()
+		n.replyLocked(&r, nil, from, src)
+		return
+	}
 	if l == nil {
 		l = &listener{}
 		k.listeners[lk] = l

@@ -15,6 +15,7 @@ const (
 	MaxValuesPerKey     = 1024             // OpenDHT allows 65,536; far fewer is plenty and bounds a get
 	DefaultStorageLimit = 64 << 20         // bytes of values per node
 	listenerExpire      = 10 * time.Minute // NODE_EXPIRE_TIME
+	maxListenersPerKey  = 1024
 )
 
 type stored struct {
