@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"time"
@@ -47,12 +48,14 @@ func goOnline(ctx context.Context, ident *identity.Identity, o onlineOptions) (h
 		return nil, nil, err
 	}
 	node.Bootstrap(boot...)
+	start := time.Now()
 	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	if err := node.WaitReady(wctx); err != nil {
 		node.Close()
 		return nil, nil, fmt.Errorf("join the DHT through %v: %w", boot, err)
 	}
+	slog.Debug("online: DHT joined", "took", time.Since(start), "addr", node.Addr())
 	icfg := ice.Config{Interfaces: o.cfg.Interfaces}
 	for _, s := range o.cfg.STUN {
 		ap, err := resolveAddrPort(ctx, s)
@@ -90,7 +93,13 @@ func goOnline(ctx context.Context, ident *identity.Identity, o onlineOptions) (h
 		node.Close()
 		return nil, nil, err
 	}
-	return h, func() { h.Close(); node.Close() }, nil
+	slog.Debug("online: certificate published, listening for requests", "took", time.Since(start))
+	return h, func() {
+		t := time.Now()
+		h.Close()
+		node.Close()
+		slog.Debug("online: offline", "took", time.Since(t))
+	}, nil
 }
 
 var errNoBootstrap = errors.New("no DHT bootstrap node is configured: set " + config.EnvBootstrap +
