@@ -352,7 +352,11 @@ func TestListenHearsRefresh(t *testing.T) {
 	key := wire.HashKey("refreshing")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	events, err := listener.Listen(ctx, key, nil)
+	events, err := listener.ListenRefreshes(ctx, key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := listener.Listen(ctx, key, nil) // no Refreshed events here
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,6 +380,9 @@ func TestListenHearsRefresh(t *testing.T) {
 	if ev := next(); ev.Expired || ev.Refreshed || ev.Value.ID != 5 {
 		t.Fatalf("first event %+v", ev)
 	}
+	if ev := <-plain; ev.Expired || ev.Refreshed || ev.Value.ID != 5 {
+		t.Fatalf("first plain event %+v", ev)
+	}
 	// Type 5 lives 1 min; Announce puts it again 30 s later.
 	start := s.clock.Now()
 	for s.clock.Now().Sub(start) < 40*time.Second {
@@ -388,6 +395,8 @@ func TestListenHearsRefresh(t *testing.T) {
 	select {
 	case ev := <-events:
 		t.Fatalf("extra event %+v", ev)
+	case ev := <-plain:
+		t.Fatalf("plain listener got %+v", ev)
 	case <-time.After(200 * time.Millisecond):
 	}
 }

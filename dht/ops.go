@@ -349,7 +349,7 @@ func (n *Node) FindCertificate(ctx context.Context, id wire.ID) (*x509.Certifica
 type Event struct {
 	Value     *wire.Value
 	Expired   bool // the value expired or was removed
-	Refreshed bool // its publisher refreshed it (at most one event per value per 10 s)
+	Refreshed bool // its publisher refreshed it (ListenRefreshes only; one event per value per 10 s)
 }
 
 // listenOp keeps a key listened on its closest nodes: a lookup, listen
@@ -362,6 +362,7 @@ type listenOp struct {
 	nodes   map[wire.ID]*listenNode
 	known   map[uint64]*wire.Value
 	fresh   map[uint64]time.Time // last Refreshed event per value
+	refresh bool                 // deliver Refreshed events
 	search  *search
 	nextRes time.Time
 	stopped bool
@@ -381,9 +382,19 @@ type listenNode struct {
 // and changed ones, and Expired events when they go. The channel closes
 // when ctx ends.
 func (n *Node) Listen(ctx context.Context, key wire.ID, q *wire.Query) (<-chan Event, error) {
+	return n.listen(ctx, key, q, false)
+}
+
+// ListenRefreshes is Listen that also reports refreshes of known values
+// (OpenDHT's "re" pushes) as Refreshed events.
+func (n *Node) ListenRefreshes(ctx context.Context, key wire.ID, q *wire.Query) (<-chan Event, error) {
+	return n.listen(ctx, key, q, true)
+}
+
+func (n *Node) listen(ctx context.Context, key wire.ID, q *wire.Query, refresh bool) (<-chan Event, error) {
 	out := make(chan Event)
 	l := &listenOp{key: key, query: q, nodes: map[wire.ID]*listenNode{}, known: map[uint64]*wire.Value{},
-		fresh:  map[uint64]time.Time{},
+		fresh: map[uint64]time.Time{}, refresh: refresh,
 		signal: make(chan struct{}, 1)}
 	n.mu.Lock()
 	if n.closed {
@@ -562,7 +573,7 @@ func (n *Node) handleUpdateLocked(m *wire.Message, from netip.AddrPort, now time
 	}
 	for _, id := range m.Refreshed {
 		// Several storing nodes report the same refresh: one event.
-		if v := l.known[id]; v != nil && now.Sub(l.fresh[id]) >= 10*time.Second {
+		if v := l.known[id]; v != nil && l.refresh && now.Sub(l.fresh[id]) >= 10*time.Second {
 			l.fresh[id] = now
 			l.emitLocked(Event{Value: v, Refreshed: true})
 		}

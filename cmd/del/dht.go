@@ -278,7 +278,7 @@ func newDHTListenCmd() *cobra.Command {
 			}
 			cancel()
 			defer n.Close()
-			events, err := n.Listen(cmd.Context(), wire.ParseKey(args[0]), nil)
+			events, err := n.ListenRefreshes(cmd.Context(), wire.ParseKey(args[0]), nil)
 			if err != nil {
 				return err
 			}
