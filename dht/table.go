@@ -188,17 +188,40 @@ func (t *table) remove(id wire.ID) {
 
 // closest returns up to n usable peers sorted by distance to target. With
 // family 4 or 6 only peers of that address family are returned (0: any).
+// It keeps the n best while scanning, so a reply costs O(peers × n) cheap
+// comparisons instead of sorting the whole table.
 func (t *table) closest(target wire.ID, n int, family int) []*peer {
-	out := make([]*peer, 0, len(t.byID))
+	type item struct {
+		d wire.ID
+		p *peer
+	}
+	if n <= 0 {
+		return nil
+	}
+	best := make([]item, 0, n+1)
 	for _, p := range t.byID {
 		if p.expired() || !familyOK(p.addr, family) {
 			continue
 		}
-		out = append(out, p)
+		var d wire.ID
+		for i := range d {
+			d[i] = p.id[i] ^ target[i]
+		}
+		if len(best) == n && bytes.Compare(d[:], best[n-1].d[:]) >= 0 {
+			continue
+		}
+		i := len(best)
+		for i > 0 && bytes.Compare(best[i-1].d[:], d[:]) > 0 {
+			i--
+		}
+		best = slices.Insert(best, i, item{d, p})
+		if len(best) > n {
+			best = best[:n]
+		}
 	}
-	slices.SortFunc(out, func(a, b *peer) int { return distCmp(target)(a.id, b.id) })
-	if len(out) > n {
-		out = out[:n]
+	out := make([]*peer, len(best))
+	for i, it := range best {
+		out[i] = it.p
 	}
 	return out
 }
