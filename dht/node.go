@@ -231,9 +231,6 @@ func (n *Node) randUint64() uint64 {
 // sendLocked writes one datagram.
 func (n *Node) sendLocked(b []byte, to netip.AddrPort) {
 	n.stats.Sent++
-	if s := n.srcs[to]; s != nil {
-		s.sent += len(b)
-	}
 	if err := n.tr.Send(b, to); err != nil {
 		n.log.Debug("dht send", "to", to, "err", err)
 	}

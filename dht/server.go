@@ -96,8 +96,10 @@ func peersToNodes(ps []*peer) []wire.Node {
 }
 
 // replyLocked sends a reply and its value parts, within the
-// anti-amplification allowance of an unverified source: over it, values
-// are left out, and if even that is too much, nothing is sent.
+// anti-amplification allowance of an unverified source (8× the bytes it
+// sent us, minus the replies already sent; our own small verification ping
+// is not counted): over it, values are left out, and if even that is too
+// much, nothing is sent.
 func (n *Node) replyLocked(r *wire.Message, parts [][]byte, to netip.AddrPort, src *source) {
 	b := r.Marshal()
 	size := len(b)
@@ -115,8 +117,10 @@ func (n *Node) replyLocked(r *wire.Message, parts [][]byte, to netip.AddrPort, s
 			return
 		}
 	}
+	src.sent += len(b)
 	n.sendLocked(b, to)
 	for _, p := range wire.AppendParts(r.TID, n.cfg.Network, parts) {
+		src.sent += len(p)
 		n.sendLocked(p, to)
 	}
 }
