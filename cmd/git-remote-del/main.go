@@ -23,6 +23,12 @@
 //	git config --global del.<peer-id>.address HOST:PORT
 //
 // The device identity is read from DEL_HOME (the same as `del id`).
+//
+// OpenDHT (GnuTLS) gives about half its certificates a negative serial
+// number, which crypto/x509 refuses by default; accept them so that OpenDHT
+// identities and certificates found on the DHT parse.
+//
+//go:debug x509negativeserial=1
 package main
 
 import (
