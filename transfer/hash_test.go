@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/zeebo/blake3"
 )
@@ -58,5 +59,58 @@ func TestContentHashAgrees(t *testing.T) {
 				t.Fatalf("size %d: prefix %s, want %s", size, got, want)
 			}
 		}
+	}
+}
+
+// countingCache counts what the scanner asks of it.
+type countingCache struct {
+	DirCache
+	gets, hits, puts int
+}
+
+func (c *countingCache) Get(k string) ([][32]byte, bool) {
+	c.gets++
+	ds, ok := c.DirCache.Get(k)
+	if ok {
+		c.hits++
+	}
+	return ds, ok
+}
+
+func (c *countingCache) Put(k string, ds [][32]byte) { c.puts++; c.DirCache.Put(k, ds) }
+
+func TestHashCache(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "f")
+	data := randomBytes(t, 2*BlockSize+5)
+	os.WriteFile(f, data, 0o644)
+	cache := &countingCache{DirCache: DirCache{Dir: filepath.Join(dir, "cache")}}
+	later := func() time.Time { return time.Now().Add(time.Minute) }
+	scanWith := func(now func() time.Time) *Source {
+		src, err := ScanWith(context.Background(), []string{f}, ScanOptions{Cache: cache, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return src
+	}
+	// A file modified within the last two seconds is never cached.
+	scanWith(time.Now)
+	if cache.puts != 0 {
+		t.Fatal("a freshly modified file was cached")
+	}
+	first := scanWith(later)
+	if cache.puts != 1 || cache.hits != 0 {
+		t.Fatalf("puts %d hits %d after the first scan", cache.puts, cache.hits)
+	}
+	second := scanWith(later)
+	if cache.hits != 1 || second.Entries[0].Hash != first.Entries[0].Hash || second.Entries[0].Hash != contentHash(data) {
+		t.Fatalf("hits %d, hashes %s / %s", cache.hits, first.Entries[0].Hash, second.Entries[0].Hash)
+	}
+	// Changing the content (same size) changes the key: hashed again.
+	data[0] ^= 1
+	os.WriteFile(f, data, 0o644)
+	third := scanWith(later)
+	if cache.hits != 1 || third.Entries[0].Hash != contentHash(data) {
+		t.Fatalf("after a change: hits %d, hash %s, want %s", cache.hits, third.Entries[0].Hash, contentHash(data))
 	}
 }

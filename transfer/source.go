@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // Source is what a sender offers: the entries, and where each one's content
@@ -71,6 +73,47 @@ func StreamSource(name string, r io.Reader) (*Source, error) {
 // that are symlinks are followed. hashed is called with each file's size as
 // it is hashed, for progress; it may be nil.
 func Scan(ctx context.Context, paths []string, hashed func(n int64)) (*Source, error) {
+	return ScanWith(ctx, paths, ScanOptions{Hashed: hashed})
+}
+
+// HashCache remembers files' block digests between runs, so that sending a
+// file again (or resuming) does not hash it again. Keys come from
+// FileKey: a change of content changes the key.
+type HashCache interface {
+	Get(key string) ([][32]byte, bool)
+	Put(key string, blocks [][32]byte)
+}
+
+// ScanOptions tunes ScanWith. The zero value hashes everything.
+type ScanOptions struct {
+	// Hashed is called with each file's size once its hash is known.
+	Hashed func(n int64)
+	// Cache, if set, is asked before hashing and told afterwards.
+	Cache HashCache
+	// Now is the clock for the racy-file rule (default time.Now).
+	Now func() time.Time
+}
+
+// FileKey identifies a file's content by what stat says about it: path,
+// device, inode, size, and modification and change times in nanoseconds.
+// It is "" for a file modified within the last two seconds, whose content
+// may still change within the same timestamp (git's racy-file rule): such
+// files are always hashed.
+func FileKey(path string, st fs.FileInfo, now time.Time) string {
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok || now.Sub(st.ModTime()) < 2*time.Second {
+		return ""
+	}
+	ctime := time.Unix(sys.Ctim.Sec, sys.Ctim.Nsec)
+	if now.Sub(ctime) < 2*time.Second {
+		return ""
+	}
+	return fmt.Sprintf("%s\x00%d\x00%d\x00%d\x00%d\x00%d", path, sys.Dev, sys.Ino, st.Size(), st.ModTime().UnixNano(), ctime.UnixNano())
+}
+
+// ScanWith is Scan with options.
+func ScanWith(ctx context.Context, paths []string, opts ScanOptions) (*Source, error) {
+	hashed := opts.Hashed
 	src := &Source{}
 	tops := map[string]string{}
 	for _, p := range paths {
@@ -142,7 +185,10 @@ func Scan(ctx context.Context, paths []string, hashed func(n int64)) (*Source, e
 	if err := ValidateEntries(withPlaceholderHashes(src.Entries)); err != nil {
 		return nil, err
 	}
-	if err := src.hashAll(ctx, hashed); err != nil {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if err := src.hashAll(ctx, hashed, opts); err != nil {
 		return nil, err
 	}
 	return src, nil
@@ -174,7 +220,7 @@ func (s *Source) addFile(local, rel string, st fs.FileInfo) {
 // hashAll computes every file's content hash, several files at once (a
 // large file's blocks are spread over the cores by hashBlocks itself).
 // hashed, if set, is called with each file's size once it is hashed.
-func (s *Source) hashAll(ctx context.Context, hashed func(int64)) error {
+func (s *Source) hashAll(ctx context.Context, hashed func(int64), opts ScanOptions) error {
 	var files []int
 	for i := range s.Entries {
 		if s.Entries[i].Kind == KindFile && s.local[i] != "" {
@@ -192,7 +238,7 @@ func (s *Source) hashAll(ctx context.Context, hashed func(int64)) error {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				err := s.hashOne(ctx, i)
+				err := s.hashOne(ctx, i, opts)
 				mu.Lock()
 				if err != nil && first == nil {
 					first = err
@@ -221,16 +267,31 @@ func (s *Source) hashAll(ctx context.Context, hashed func(int64)) error {
 	return first
 }
 
-func (s *Source) hashOne(ctx context.Context, i int) error {
+func (s *Source) hashOne(ctx context.Context, i int, opts ScanOptions) error {
 	e := &s.Entries[i]
 	f, err := os.Open(s.local[i])
 	if err != nil {
 		return err
 	}
-	blocks, err := hashBlocks(ctx, f, e.Size)
-	f.Close()
-	if err != nil {
-		return err
+	defer f.Close()
+	key := ""
+	if opts.Cache != nil {
+		if abs, err := filepath.Abs(s.local[i]); err == nil {
+			if st, err := f.Stat(); err == nil && st.Size() == e.Size && st.ModTime().UnixNano() == e.MTime {
+				key = FileKey(abs, st, opts.Now())
+			}
+		}
+	}
+	var blocks [][32]byte
+	cached := false
+	if key != "" {
+		blocks, cached = opts.Cache.Get(key)
+		cached = cached && len(blocks) == int((e.Size+BlockSize-1)/BlockSize)
+	}
+	if !cached {
+		if blocks, err = hashBlocks(ctx, f, e.Size); err != nil {
+			return err
+		}
 	}
 	after, err := os.Stat(s.local[i])
 	if err != nil {
@@ -238,6 +299,9 @@ func (s *Source) hashOne(ctx context.Context, i int) error {
 	}
 	if after.Size() != e.Size || after.ModTime().UnixNano() != e.MTime {
 		return fmt.Errorf("%s changed while being hashed", s.local[i])
+	}
+	if key != "" && !cached {
+		opts.Cache.Put(key, blocks)
 	}
 	root := rootOf(blocks, e.Size)
 	e.Hash = hex.EncodeToString(root[:])

@@ -134,7 +134,7 @@ func (s *sendCmd) source(ctx context.Context, cmd *cobra.Command, paths []string
 			return nil, errors.New(`"-" (stdin) must be the only path`)
 		}
 	}
-	return scanWithFeedback(ctx, paths, cmd.ErrOrStderr(), s.quiet)
+	return scanWithFeedback(ctx, s.home, paths, cmd.ErrOrStderr(), s.quiet)
 }
 
 // viaDaemon hands the transfer to this device's daemon.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -42,9 +43,15 @@ func parseTarget(s string, contacts config.Contacts) (identity.ID, string, error
 	return id, addr, nil
 }
 
+// hashCache is the device's cache of content hashes, so that sending or
+// resuming the same files again does not hash them again.
+func hashCache(home string) transfer.HashCache {
+	return &transfer.DirCache{Dir: filepath.Join(home, "hashcache")}
+}
+
 // scanWithFeedback scans and hashes paths, saying so on w when it takes
 // more than a second (large trees).
-func scanWithFeedback(ctx context.Context, paths []string, w io.Writer, quiet bool) (*transfer.Source, error) {
+func scanWithFeedback(ctx context.Context, home string, paths []string, w io.Writer, quiet bool) (*transfer.Source, error) {
 	var hashedBytes atomic.Int64
 	start := time.Now()
 	done := make(chan struct{})
@@ -62,7 +69,10 @@ func scanWithFeedback(ctx context.Context, paths []string, w io.Writer, quiet bo
 			fmt.Fprintf(w, "hashing content (BLAKE3) before the offer…\n")
 		}
 	}()
-	src, err := transfer.Scan(ctx, paths, func(n int64) { hashedBytes.Add(n) })
+	src, err := transfer.ScanWith(ctx, paths, transfer.ScanOptions{
+		Hashed: func(n int64) { hashedBytes.Add(n) },
+		Cache:  hashCache(home),
+	})
 	close(done)
 	<-slow
 	if err == nil && len(src.Skipped) > 0 {
