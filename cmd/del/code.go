@@ -211,7 +211,9 @@ func sendWithCode(ctx context.Context, out io.Writer, ident *identity.Identity, 
 	case <-wctx.Done():
 		return nil, fmt.Errorf("nobody used the code within %s", codeFreshness)
 	}
-	ch, _, err := host.Dial(ctx, peerID, FileChannel)
+	dctx, cancelDial := context.WithTimeout(ctx, 2*time.Minute)
+	ch, _, err := host.Dial(dctx, peerID, FileChannel)
+	cancelDial()
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +233,7 @@ func receiveWithCode(ctx context.Context, info io.Writer, ident *identity.Identi
 		return err
 	}
 	code = strings.ToLower(strings.TrimSpace(code))
-	var sender atomic.Value // identity.ID once the code is confirmed
+	var sender atomic.Value // identity.ID of the chosen offer's sender
 	sender.Store(identity.ID{})
 	o.accept = func(id identity.ID) bool { return sender.Load().(identity.ID) == id }
 	host, stop, err := goOnline(ctx, ident, o)
@@ -279,6 +281,10 @@ func receiveWithCode(ctx context.Context, info io.Writer, ident *identity.Identi
 	if err != nil {
 		return fmt.Errorf("sender's code offer: %w", err)
 	}
+	// The sender dials as soon as it has checked our answer, possibly before
+	// its confirmation reaches us: let its link in now. Nothing is received
+	// on it unless the confirmation below checks out.
+	sender.Store(from)
 	if err := host.Signal(ctx, from, "code-answer", codeAnswer{Msg: hex.EncodeToString(pB), Confirm: hex.EncodeToString(cB)}); err != nil {
 		return err
 	}
@@ -302,7 +308,6 @@ func receiveWithCode(ctx context.Context, info io.Writer, ident *identity.Identi
 		}
 		break
 	}
-	sender.Store(from)
 	fmt.Fprintf(info, "code accepted; receiving from %s\n", from)
 	opts.Decide = func(context.Context, *transfer.OfferInfo) error { return nil } // the code is the consent
 	for {
