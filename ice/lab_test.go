@@ -261,41 +261,18 @@ type labCell struct {
 	skew time.Duration
 }
 
-var labCells = []labCell{
-	{"same-lan", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r := l.AddNAT("nat", 2, 1, netlab.NATDrop)
-		return r.AddHost("a", 2), r.AddHost("b", 3)
-	}, false, false, 0},
-	{"public-nat", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r := l.AddNAT("nat", 2, 1, netlab.NATDrop)
-		return l.AddPublicHost("a", 10), r.AddHost("b", 2)
-	}, false, false, 0},
-	{"eim-drop-both", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r1 := l.AddNAT("nat1", 2, 1, netlab.NATDrop)
-		r2 := l.AddNAT("nat2", 3, 2, netlab.NATDrop)
-		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, false, false, 0},
-	{"eim-drop-both-skew", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r1 := l.AddNAT("nat1", 2, 1, netlab.NATDrop)
-		r2 := l.AddNAT("nat2", 3, 2, netlab.NATDrop)
-		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, false, false, 2500 * time.Millisecond},
-	{"eim-rst-both", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r1 := l.AddNAT("nat1", 2, 1, netlab.NATReset)
-		r2 := l.AddNAT("nat2", 3, 2, netlab.NATReset)
-		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, false, true, 0},
-	{"symmetric-one", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r1 := l.AddNAT("nat1", 2, 1, netlab.NATDrop)
-		r2 := l.AddNAT("nat2", 3, 2, netlab.NATSymmetric)
-		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, true, false, 0},
-	{"symmetric-both", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r1 := l.AddNAT("nat1", 2, 1, netlab.NATSymmetric)
-		r2 := l.AddNAT("nat2", 3, 2, netlab.NATSymmetric)
-		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, true, false, 0},
-}
+// labCells are the lab's standard cells, plus one where the controlled side
+// starts 2.5 s late.
+var labCells = func() []labCell {
+	var cs []labCell
+	for _, c := range netlab.Cells {
+		cs = append(cs, labCell{name: c.Name, build: c.Build, relay: c.Expect == netlab.Relay, race: c.Expect == netlab.Race})
+		if c.Name == "eim-drop-both" {
+			cs = append(cs, labCell{name: "eim-drop-both-skew", build: c.Build, skew: 2500 * time.Millisecond})
+		}
+	}
+	return cs
+}()
 
 // runCell builds the cell, runs a TURN/STUN server in the public segment
 // and two agents, passes their descriptions through pipes, and returns

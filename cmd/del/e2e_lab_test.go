@@ -11,56 +11,16 @@ import (
 	"github.com/del-share/del/internal/netlab"
 )
 
-// labCell is one NAT-lab topology for `del send <peer-id>`.
-type labCell struct {
-	name  string
-	build func(l *netlab.Lab) (sender, receiver *netlab.NS)
-	// want: "direct" (host, srflx or prflx), "relay", or "" when either is
-	// right (the S-O race of NATs answering with RST, facts.md).
-	want string
-}
-
-var sendLabCells = []labCell{
-	{"same-lan", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r := l.AddNAT("nat", 2, 1, netlab.NATDrop)
-		return r.AddHost("a", 2), r.AddHost("b", 3)
-	}, "direct"},
-	{"public-to-nat", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r := l.AddNAT("nat", 2, 1, netlab.NATDrop)
-		return l.AddPublicHost("a", 10), r.AddHost("b", 2)
-	}, "direct"},
-	{"eim-drop-both", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r1 := l.AddNAT("nat1", 2, 1, netlab.NATDrop)
-		r2 := l.AddNAT("nat2", 3, 2, netlab.NATDrop)
-		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, "direct"},
-	{"eim-rst-both", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r1 := l.AddNAT("nat1", 2, 1, netlab.NATReset)
-		r2 := l.AddNAT("nat2", 3, 2, netlab.NATReset)
-		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, ""},
-	{"symmetric-one", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r1 := l.AddNAT("nat1", 2, 1, netlab.NATDrop)
-		r2 := l.AddNAT("nat2", 3, 2, netlab.NATSymmetric)
-		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, "relay"},
-	{"symmetric-both", func(l *netlab.Lab) (a, b *netlab.NS) {
-		r1 := l.AddNAT("nat1", 2, 1, netlab.NATSymmetric)
-		r2 := l.AddNAT("nat2", 3, 2, netlab.NATSymmetric)
-		return r1.AddHost("a", 2), r2.AddHost("b", 2)
-	}, "relay"},
-}
-
 var pathRE = regexp.MustCompile(`over ICE \(([\w-]+) path; lookup (\S+), signaling (\S+), checks (\S+), TLS (\S+)\)`)
 
 // TestLabSendByID: in every NAT-lab cell, with a DHT bootstrap node and
 // `del turn` on the public segment, `del send <peer-id>` delivers the file,
 // directly where a direct path exists and through the relay where none does.
 func TestLabSendByID(t *testing.T) {
-	for _, c := range sendLabCells {
-		t.Run(c.name, func(t *testing.T) {
+	for _, c := range netlab.Cells {
+		t.Run(c.Name, func(t *testing.T) {
 			lab := netlab.New(t)
-			a, b := c.build(lab)
+			a, b := c.Build(lab)
 			pub := &device{t: t, ns: lab.Public()}
 			dhtAddr := strings.Fields(startServer(t, pub.cmd("dht", "run", "--listen", netlab.PublicAddr.String()+":0"), "dht listening "))[0]
 			turnAddr := startServer(t, pub.cmd("turn", "--listen", netlab.PublicAddr.String()+":0",
@@ -91,13 +51,13 @@ func TestLabSendByID(t *testing.T) {
 				t.Fatalf("no path in the summary: %s", out)
 			}
 			path := string(m[1])
-			t.Logf("BENCH cell=%s path=%s lookup=%s signaling=%s ice=%s tls=%s", c.name, path, m[2], m[3], m[4], m[5])
-			switch c.want {
-			case "relay":
+			t.Logf("BENCH cell=%s path=%s lookup=%s signaling=%s ice=%s tls=%s", c.Name, path, m[2], m[3], m[4], m[5])
+			switch c.Expect {
+			case netlab.Relay:
 				if !strings.Contains(path, "relay") {
 					t.Fatalf("path %s, want the relay (no direct path exists here)", path)
 				}
-			case "direct":
+			case netlab.Direct:
 				if strings.Contains(path, "relay") {
 					t.Fatalf("relayed although a direct path exists")
 				}
