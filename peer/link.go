@@ -146,11 +146,12 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, client bool) (*Li
 		Time:                  cfg.Time,
 		ServerName:            "del",
 	}
+	raw := &recordBatcher{Conn: conn}
 	var tconn *tls.Conn
 	if client {
-		tconn = tls.Client(conn, tc)
+		tconn = tls.Client(raw, tc)
 	} else {
-		tconn = tls.Server(conn, tc)
+		tconn = tls.Server(raw, tc)
 	}
 	timeout := cfg.HandshakeTimeout
 	if timeout == 0 {
@@ -202,10 +203,11 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, client bool) (*Li
 	// to MaxStreamWindowSize) once it has measured the round-trip time.
 	ycfg.InitialStreamWindowSize = 4 << 20
 	var sess *yamux.Session
+	batched := &batchedTLS{Conn: tconn, raw: raw}
 	if client {
-		sess, err = yamux.Client(tconn, ycfg, nil)
+		sess, err = yamux.Client(batched, ycfg, nil)
 	} else {
-		sess, err = yamux.Server(tconn, ycfg, nil)
+		sess, err = yamux.Server(batched, ycfg, nil)
 	}
 	if err != nil {
 		conn.Close()
