@@ -12,7 +12,9 @@
 //	sender                                 receiver
 //	OFFER {v, entries[...]}  (1..n frames)
 //	OFFER_END {files, bytes}        ──▶
-//	                                ◀──    DECISION {accept, reason, resume[...]}
+//	                                ◀──    HASH_REQUEST {i[...]}   (only if needed)
+//	HASHES {hashes[...]}            ──▶
+//	                                ◀──    DECISION {accept, reason, want[...]}
 //	FILE_START {i, offset}
 //	DATA … DATA                     ──▶    written to a partial file
 //	FILE_END {i, size, hash}        ──▶    hash verified, renamed into place
@@ -27,6 +29,18 @@
 // survived an earlier, interrupted run resumes: DECISION names the partial's
 // length and the hash of that prefix, the sender checks the prefix against its
 // own file and continues from there, or from zero if it differs.
+//
+// # Hashes that come late
+//
+// A sender need not hash its files before offering them: an offered file
+// with a size and no hash gets its hash in FILE_END, computed while its data
+// is read for sending, so the first byte leaves at once instead of after a
+// pass over everything (the sender's hash cache supplies the hashes of files
+// it has hashed before). The receiver needs a hash up front only to tell
+// whether a file it already holds, with the same size, has the same content;
+// it asks for exactly those with HASH_REQUEST, once, before its DECISION.
+// Partial copies of such files are named after their size and modification
+// time, and a resume is checked as always, through the prefix hash.
 package transfer
 
 import (
@@ -48,12 +62,15 @@ const (
 	FrameDone      byte = 8
 	FrameSummary   byte = 9
 	FrameError     byte = 10
+	FrameHashReq   byte = 11
+	FrameHashes    byte = 12
 )
 
 var frameNames = map[byte]string{
 	FrameOffer: "OFFER", FrameOfferEnd: "OFFER_END", FrameDecision: "DECISION",
 	FrameFileStart: "FILE_START", FrameData: "DATA", FrameFileEnd: "FILE_END",
 	FrameResult: "RESULT", FrameDone: "DONE", FrameSummary: "SUMMARY", FrameError: "ERROR",
+	FrameHashReq: "HASH_REQUEST", FrameHashes: "HASHES",
 }
 
 // FrameName returns the name of a frame type, for errors and logs.

@@ -11,7 +11,7 @@ import (
 )
 
 // Version is the protocol version carried in every OFFER.
-const Version = 1
+const Version = 2
 
 // Kind is what an entry of an offer is.
 type Kind string
@@ -36,8 +36,9 @@ type Entry struct {
 	Mode uint32 `json:"mode"`
 	// MTime is the modification time in Unix nanoseconds, 0 if unknown.
 	MTime int64 `json:"mtime,omitempty"`
-	// Hash is the BLAKE3-256 of the content in hex; empty for a stream,
-	// whose hash comes in FILE_END.
+	// Hash is the content hash in hex (see hash.go); empty for a stream,
+	// and for a file the sender has not hashed yet: their hash comes in
+	// FILE_END (or in HASHES, when the receiver asks).
 	Hash string `json:"hash,omitempty"`
 	// Target is a symlink's target, relative and inside the offered tree.
 	Target string `json:"target,omitempty"`
@@ -45,6 +46,19 @@ type Entry struct {
 
 // IsStream reports whether e is a stream of unknown size (stdin).
 func (e *Entry) IsStream() bool { return e.Kind == KindFile && e.Size < 0 }
+
+// lateHash reports whether e is a file of known size whose hash comes later.
+func (e *Entry) lateHash() bool { return e.Kind == KindFile && e.Size >= 0 && e.Hash == "" }
+
+// HashRequest asks the sender for the hashes of files offered without one.
+type HashRequest struct {
+	I []int `json:"i"`
+}
+
+// Hashes answers a HashRequest, in its order.
+type Hashes struct {
+	Hashes []string `json:"hashes"`
+}
 
 // Offer is the payload of an OFFER frame: a batch of entries.
 type Offer struct {
@@ -201,6 +215,9 @@ func ValidateEntries(entries []Entry) error {
 					return fmt.Errorf("%q: a stream must be the only entry, size -1, no hash", e.Path)
 				}
 				continue
+			}
+			if e.Hash == "" {
+				continue // comes in FILE_END
 			}
 			if err := checkHash(e.Hash); err != nil {
 				return fmt.Errorf("%q: %v", e.Path, err)

@@ -176,6 +176,13 @@ func (r *receiver) run(ctx context.Context) (*Report, error) {
 		return rep, r.refuse(rep, "offer totals do not match its entries")
 	}
 	r.state = make([]fileState, len(r.entries))
+	if r.opts.Stdout == nil {
+		if reason, err := r.askHashes(); err != nil {
+			return rep, err
+		} else if reason != "" {
+			return rep, r.refuse(rep, reason)
+		}
+	}
 	if r.opts.Stdout != nil {
 		if len(r.entries) != 1 || r.entries[0].Kind != KindFile {
 			return rep, r.refuse(rep, "receiving to stdout takes exactly one file")
@@ -231,18 +238,69 @@ func (r *receiver) run(ctx context.Context) (*Report, error) {
 	return rep, nil
 }
 
+// askHashes asks the sender for the hashes it left out of its offer where
+// the receiver needs them to decide: files already present with the same
+// size, which are skipped when their content is the same. It returns a
+// reason to refuse, or an error if the link failed.
+func (r *receiver) askHashes() (string, error) {
+	if err := os.MkdirAll(r.opts.Dir, 0o755); err != nil {
+		return fmt.Sprintf("cannot create %s: %v", r.opts.Dir, err), nil
+	}
+	root, err := os.OpenRoot(r.opts.Dir)
+	if err != nil {
+		return fmt.Sprintf("cannot open %s: %v", r.opts.Dir, err), nil
+	}
+	r.root = root
+	var need []int
+	for i := range r.entries {
+		e := &r.entries[i]
+		if !e.lateHash() {
+			continue
+		}
+		if fi, err := root.Lstat(filepath.FromSlash(e.Path)); err == nil && fi.Mode().IsRegular() && fi.Size() == e.Size {
+			need = append(need, i)
+		}
+	}
+	if len(need) == 0 {
+		return "", nil
+	}
+	if err := r.writeMsg(FrameHashReq, HashRequest{I: need}); err != nil {
+		return "", err
+	}
+	typ, payload, err := r.fr.Next()
+	if err != nil {
+		return "", fmt.Errorf("waiting for the sender's hashes: %w", err)
+	}
+	var hs Hashes
+	switch typ {
+	case FrameHashes:
+		if err := unmarshal(typ, payload, &hs); err != nil {
+			return "", r.fail(err)
+		}
+	case FrameError:
+		var m ErrorMsg
+		unmarshal(typ, payload, &m)
+		return "", &RemoteError{Msg: m.Msg}
+	default:
+		return "", r.fail(fmt.Errorf("transfer: got %s, want HASHES", FrameName(typ)))
+	}
+	if len(hs.Hashes) != len(need) {
+		return "", r.fail(fmt.Errorf("transfer: asked for %d hashes, got %d", len(need), len(hs.Hashes)))
+	}
+	for n, i := range need {
+		if err := checkHash(hs.Hashes[n]); err != nil {
+			return "", r.fail(fmt.Errorf("transfer: HASHES: %v", err))
+		}
+		r.entries[i].Hash = hs.Hashes[n]
+	}
+	return "", nil
+}
+
 // plan inspects the target folder: which files are already there, which have
 // partial copies to resume, what conflicts, and whether the disk has room.
 // It returns a reason to refuse, or "".
 func (r *receiver) plan(info *OfferInfo) string {
-	if err := os.MkdirAll(r.opts.Dir, 0o755); err != nil {
-		return fmt.Sprintf("cannot create %s: %v", r.opts.Dir, err)
-	}
-	root, err := os.OpenRoot(r.opts.Dir)
-	if err != nil {
-		return fmt.Sprintf("cannot open %s: %v", r.opts.Dir, err)
-	}
-	r.root = root
+	root := r.root
 	var conflicts []string
 	for i := range r.entries {
 		e := &r.entries[i]
@@ -289,13 +347,29 @@ func (r *receiver) plan(info *OfferInfo) string {
 				st.partial = partialName(e.Path, "stream-"+randomHex(8))
 				continue
 			}
-			st.partial = partialName(e.Path, e.Hash[:16])
+			// A partial copy is named after the content hash when the
+			// offer has it, else after size and time; both are looked for
+			// (the sender may have hashed the file since), and the
+			// sender checks the prefix either way.
 			st.h = newBlockHasher()
-			if pf, err := root.Open(filepath.FromSlash(st.partial)); err == nil {
+			names := []string{partialName(e.Path, lateTag(e))}
+			if e.Hash != "" {
+				names = append([]string{partialName(e.Path, e.Hash[:16])}, names...)
+			}
+			st.partial = names[0]
+			for _, name := range names {
+				pf, err := root.Open(filepath.FromSlash(name))
+				if err != nil {
+					continue
+				}
 				st.offset, st.prefix = resumePoint(st.h, pf, e)
 				pf.Close()
-				info.Move -= st.offset
-				info.Resume += st.offset
+				if st.offset > 0 {
+					st.partial = name
+					info.Move -= st.offset
+					info.Resume += st.offset
+					break
+				}
 			}
 		}
 	}
@@ -528,7 +602,7 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 				sum = st.h.Sum()
 			}
 			want := e.Hash
-			if e.IsStream() {
+			if want == "" { // a stream, or a file offered without its hash
 				want = fe.Hash
 			}
 			var ferr error
@@ -644,6 +718,12 @@ func partialName(p, tag string) string {
 		base = base[:200]
 	}
 	return dir + "." + base + "." + tag + ".delpart"
+}
+
+// lateTag names the partial copy of a file offered without its hash: by
+// size and modification time, which change when the content does.
+func lateTag(e *Entry) string {
+	return fmt.Sprintf("s%x-%x", e.Size, e.MTime)
 }
 
 func randomHex(n int) string {

@@ -2,12 +2,15 @@ package transfer
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/zeebo/blake3"
 )
 
 // ErrDeclined is returned (wrapped) when the receiver refuses the offer.
@@ -157,9 +160,9 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 		return rep, fmt.Errorf("send offer: %w", err)
 	}
 
-	var dec Decision
-	if err := s.expect(FrameDecision, &dec); err != nil {
-		return rep, fmt.Errorf("waiting for the receiver's decision: %w", err)
+	dec, err := s.decision(ctx)
+	if err != nil {
+		return rep, err
 	}
 	if !dec.Accept {
 		rep.Reason = dec.Reason
@@ -223,6 +226,38 @@ func (s *sender) run(ctx context.Context) (*Report, error) {
 	return rep, nil
 }
 
+// decision waits for the receiver's DECISION, answering its HASH_REQUEST
+// first if it makes one.
+func (s *sender) decision(ctx context.Context) (Decision, error) {
+	var dec Decision
+	t, payload, err := s.fr.Next()
+	if err == nil && t == FrameHashReq {
+		var req HashRequest
+		if err := unmarshal(t, payload, &req); err != nil {
+			return dec, err
+		}
+		if len(req.I) > len(s.src.Entries) {
+			return dec, fmt.Errorf("receiver asked for %d hashes, the offer has %d entries", len(req.I), len(s.src.Entries))
+		}
+		hs, err := s.src.lateHashes(ctx, req.I)
+		if err != nil {
+			s.writeMsg(FrameError, ErrorMsg{Msg: err.Error()})
+			return dec, err
+		}
+		if err := s.writeMsg(FrameHashes, Hashes{Hashes: hs}); err != nil {
+			return dec, err
+		}
+		t, payload, err = s.fr.Next()
+	}
+	if err == nil {
+		err = s.check(t, payload, FrameDecision, &dec)
+	}
+	if err != nil {
+		return dec, fmt.Errorf("waiting for the receiver's decision: %w", err)
+	}
+	return dec, nil
+}
+
 // readResults collects one RESULT per wanted file, then the SUMMARY.
 func (s *sender) readResults(results chan<- Result, sum *Summary, want int) error {
 	got := 0
@@ -260,13 +295,9 @@ func (s *sender) readResults(results chan<- Result, sum *Summary, want int) erro
 	}
 }
 
-// expect reads one frame that must be of type typ (an ERROR frame becomes a
-// RemoteError) and decodes it into v.
-func (s *sender) expect(typ byte, v any) error {
-	t, payload, err := s.fr.Next()
-	if err != nil {
-		return err
-	}
+// check decodes frame (t, payload), which must be of type typ (an ERROR
+// frame becomes a RemoteError), into v.
+func (s *sender) check(t byte, payload []byte, typ byte, v any) error {
 	if t == FrameError {
 		var m ErrorMsg
 		unmarshal(t, payload, &m)
@@ -281,21 +312,53 @@ func (s *sender) expect(typ byte, v any) error {
 func (s *sender) sendFile(ctx context.Context, w Want, rep *Report) error {
 	e := &s.src.Entries[w.I]
 	var r io.Reader
+	var f *os.File
 	offset := int64(0)
+	// A stream, or a file offered without its hash, is hashed as it is
+	// read for sending; h may start with the digests of a resumed prefix.
+	var h *blockHasher
+	late := e.lateHash()
+	lateSum := "" // a late file that was all there already
 	if e.IsStream() {
 		r = s.src.stream
+		h = newBlockHasher()
 	} else {
-		f, err := os.Open(s.src.local[w.I])
-		if err != nil {
+		var err error
+		if f, err = os.Open(s.src.local[w.I]); err != nil {
 			return err
 		}
 		defer f.Close()
 		// Resume only if the receiver's prefix is ours: compared through
-		// the block digests, without reading the prefix again.
-		if k := w.Offset / BlockSize; w.Offset == e.Size && w.Prefix == e.Hash {
+		// the block digests, without reading the prefix again when they
+		// are known.
+		k := w.Offset / BlockSize
+		switch {
+		case w.Offset <= 0 || w.Offset > e.Size || (w.Offset != e.Size && w.Offset%BlockSize != 0):
+		case late:
+			ds, err := hashBlocks(ctx, f, w.Offset)
+			if err != nil {
+				return err
+			}
+			ph := prefixHash(ds)
+			if w.Offset%BlockSize != 0 {
+				r := rootOf(ds, w.Offset)
+				ph = hex.EncodeToString(r[:])
+			}
+			if ph == w.Prefix {
+				offset = w.Offset
+				if offset%BlockSize == 0 {
+					h = &blockHasher{cur: blake3.New(), blocks: ds, size: offset}
+				} else {
+					lateSum = ph
+				}
+			}
+		case w.Offset == e.Size && w.Prefix == e.Hash:
 			offset = w.Offset
-		} else if w.Offset > 0 && w.Offset%BlockSize == 0 && int(k) <= len(s.src.blocks[w.I]) && prefixHash(s.src.blocks[w.I][:k]) == w.Prefix {
+		case int(k) <= len(s.src.blocks[w.I]) && prefixHash(s.src.blocks[w.I][:k]) == w.Prefix:
 			offset = w.Offset
+		}
+		if late && h == nil && lateSum == "" {
+			h = newBlockHasher()
 		}
 		if _, err := f.Seek(offset, io.SeekStart); err != nil {
 			return err
@@ -307,10 +370,6 @@ func (s *sender) sendFile(ctx context.Context, w Want, rep *Report) error {
 	}
 	rep.Resumed += offset
 	s.pr.FileBegin(e.Path, e.Size, offset)
-	var h *blockHasher
-	if e.IsStream() {
-		h = newBlockHasher()
-	}
 
 	sent := offset
 	var hw io.Writer // not h itself: a nil *Hasher in an interface is not nil
@@ -349,10 +408,28 @@ func (s *sender) sendFile(ctx context.Context, w Want, rep *Report) error {
 		}
 	}
 	end := FileEnd{I: w.I, Size: sent, Hash: e.Hash}
-	if e.IsStream() {
-		end.Hash = h.Sum()
-	} else if sent != e.Size {
+	if !e.IsStream() && sent != e.Size {
 		return fmt.Errorf("%s shrank while being sent (%d of %d bytes)", e.Path, sent, e.Size)
+	}
+	switch {
+	case e.IsStream():
+		end.Hash = h.Sum()
+	case late:
+		// What was read is what was hashed; make sure it is the file
+		// that was offered, not one changed in the middle of the read.
+		st, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		if st.Size() != e.Size || st.ModTime().UnixNano() != e.MTime {
+			return fmt.Errorf("%s changed while being sent", s.src.local[w.I])
+		}
+		if end.Hash = lateSum; h != nil {
+			end.Hash = h.Sum()
+			if key := s.src.cacheKey(w.I, st); key != "" {
+				s.src.opts.Cache.Put(key, h.digests())
+			}
+		}
 	}
 	return s.writeMsg(FrameFileEnd, end)
 }

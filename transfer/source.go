@@ -26,6 +26,9 @@ type Source struct {
 	blocks [][][32]byte
 	// stream is the reader behind a stream entry.
 	stream io.Reader
+	// opts are the scan's options: the cache that learns the hashes of
+	// files hashed while being sent.
+	opts ScanOptions
 	// Skipped lists special files (sockets, FIFOs, devices) found inside
 	// the directories and left out of the offer.
 	Skipped []string
@@ -92,6 +95,10 @@ type ScanOptions struct {
 	Cache HashCache
 	// Now is the clock for the racy-file rule (default time.Now).
 	Now func() time.Time
+	// Late leaves out of the offer the hashes of files the cache does not
+	// know: they are computed while the files are sent (FILE_END carries
+	// them), so data starts flowing at once. Hashed is not called for them.
+	Late bool
 }
 
 // FileKey identifies a file's content by what stat says about it: path,
@@ -182,28 +189,17 @@ func ScanWith(ctx context.Context, paths []string, opts ScanOptions) (*Source, e
 			return nil, err
 		}
 	}
-	if err := ValidateEntries(withPlaceholderHashes(src.Entries)); err != nil {
+	if err := ValidateEntries(src.Entries); err != nil {
 		return nil, err
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	src.opts = opts
 	if err := src.hashAll(ctx, hashed, opts); err != nil {
 		return nil, err
 	}
 	return src, nil
-}
-
-// withPlaceholderHashes lets the offer be validated before hashing.
-func withPlaceholderHashes(es []Entry) []Entry {
-	out := make([]Entry, len(es))
-	copy(out, es)
-	for i := range out {
-		if out[i].Kind == KindFile && out[i].Hash == "" && out[i].Size >= 0 {
-			out[i].Hash = strings.Repeat("0", 64)
-		}
-	}
-	return out
 }
 
 func (s *Source) add(e Entry, local string, blocks [][32]byte) {
@@ -243,7 +239,7 @@ func (s *Source) hashAll(ctx context.Context, hashed func(int64), opts ScanOptio
 				if err != nil && first == nil {
 					first = err
 				}
-				if err == nil && hashed != nil {
+				if err == nil && hashed != nil && s.Entries[i].Hash != "" {
 					hashed(s.Entries[i].Size)
 				}
 				mu.Unlock()
@@ -268,43 +264,94 @@ func (s *Source) hashAll(ctx context.Context, hashed func(int64), opts ScanOptio
 }
 
 func (s *Source) hashOne(ctx context.Context, i int, opts ScanOptions) error {
+	blocks, err := s.fileBlocks(ctx, i, opts.Late)
+	if err != nil || blocks == nil {
+		return err
+	}
 	e := &s.Entries[i]
-	f, err := os.Open(s.local[i])
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	key := ""
-	if opts.Cache != nil {
-		if abs, err := filepath.Abs(s.local[i]); err == nil {
-			if st, err := f.Stat(); err == nil && st.Size() == e.Size && st.ModTime().UnixNano() == e.MTime {
-				key = FileKey(abs, st, opts.Now())
-			}
-		}
-	}
-	var blocks [][32]byte
-	cached := false
-	if key != "" {
-		blocks, cached = opts.Cache.Get(key)
-		cached = cached && len(blocks) == int((e.Size+BlockSize-1)/BlockSize)
-	}
-	if !cached {
-		if blocks, err = hashBlocks(ctx, f, e.Size); err != nil {
-			return err
-		}
-	}
-	after, err := os.Stat(s.local[i])
-	if err != nil {
-		return err
-	}
-	if after.Size() != e.Size || after.ModTime().UnixNano() != e.MTime {
-		return fmt.Errorf("%s changed while being hashed", s.local[i])
-	}
-	if key != "" && !cached {
-		opts.Cache.Put(key, blocks)
-	}
 	root := rootOf(blocks, e.Size)
 	e.Hash = hex.EncodeToString(root[:])
 	s.blocks[i] = blocks
 	return nil
+}
+
+// fileBlocks returns the block digests of file i: from the cache, else by
+// hashing it (unless cacheOnly, then nil). A file whose size or time changed
+// since the scan is an error.
+func (s *Source) fileBlocks(ctx context.Context, i int, cacheOnly bool) ([][32]byte, error) {
+	e := &s.Entries[i]
+	f, err := os.Open(s.local[i])
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() != e.Size || st.ModTime().UnixNano() != e.MTime {
+		return nil, fmt.Errorf("%s changed since it was offered", s.local[i])
+	}
+	key := s.cacheKey(i, st)
+	var blocks [][32]byte
+	if key != "" {
+		if blocks, ok := s.opts.Cache.Get(key); ok && len(blocks) == int((e.Size+BlockSize-1)/BlockSize) {
+			return blocks, nil
+		}
+	}
+	if cacheOnly {
+		return nil, nil
+	}
+	if blocks, err = hashBlocks(ctx, f, e.Size); err != nil {
+		return nil, err
+	}
+	after, err := os.Stat(s.local[i])
+	if err != nil {
+		return nil, err
+	}
+	if after.Size() != e.Size || after.ModTime().UnixNano() != e.MTime {
+		return nil, fmt.Errorf("%s changed while being hashed", s.local[i])
+	}
+	if key != "" {
+		s.opts.Cache.Put(key, blocks)
+	}
+	return blocks, nil
+}
+
+// cacheKey is file i's key in the hash cache, "" when there is no cache or
+// the file is too recent to be cached (see FileKey).
+func (s *Source) cacheKey(i int, st fs.FileInfo) string {
+	if s.opts.Cache == nil {
+		return ""
+	}
+	abs, err := filepath.Abs(s.local[i])
+	if err != nil {
+		return ""
+	}
+	now := time.Now
+	if s.opts.Now != nil {
+		now = s.opts.Now
+	}
+	return FileKey(abs, st, now())
+}
+
+// lateHashes computes the hashes of the offered files listed in idx, which
+// were offered without one (a receiver asked, see HashRequest).
+func (s *Source) lateHashes(ctx context.Context, idx []int) ([]string, error) {
+	out := make([]string, len(idx))
+	for n, i := range idx {
+		if i < 0 || i >= len(s.Entries) || !s.Entries[i].lateHash() || s.local[i] == "" {
+			return nil, fmt.Errorf("receiver asked for the hash of entry %d, which was offered with one or is not a file", i)
+		}
+		blocks, err := s.fileBlocks(ctx, i, false)
+		if err != nil {
+			return nil, err
+		}
+		root := rootOf(blocks, s.Entries[i].Size)
+		out[n] = hex.EncodeToString(root[:])
+		// From now on the file is sent as one whose hash was known: the
+		// receiver checks what arrives against this hash.
+		s.Entries[i].Hash, s.blocks[i] = out[n], blocks
+	}
+	return out, nil
 }

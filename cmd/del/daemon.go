@@ -323,7 +323,7 @@ func (d *daemon) send(ctx context.Context, req ctlRequest, ev *eventWriter) {
 		ev.result(false, err.Error())
 		return
 	}
-	src, err := transfer.ScanWith(ctx, req.Paths, transfer.ScanOptions{Cache: hashCache(d.home)})
+	src, err := transfer.ScanWith(ctx, req.Paths, transfer.ScanOptions{Cache: hashCache(d.home), Late: true})
 	if err != nil {
 		ev.result(false, err.Error())
 		return

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/del-share/del/identity"
@@ -49,10 +48,11 @@ func hashCache(home string) transfer.HashCache {
 	return &transfer.DirCache{Dir: filepath.Join(home, "hashcache")}
 }
 
-// scanWithFeedback scans and hashes paths, saying so on w when it takes
-// more than a second (large trees).
+// scanWithFeedback scans paths for an offer, saying so on w when it takes
+// more than a second (large trees). Files are not hashed first: a file the
+// hash cache does not know is hashed while it is sent (its hash travels in
+// FILE_END), so data starts flowing at once.
 func scanWithFeedback(ctx context.Context, home string, paths []string, w io.Writer, quiet bool) (*transfer.Source, error) {
-	var hashedBytes atomic.Int64
 	start := time.Now()
 	done := make(chan struct{})
 	slow := make(chan struct{})
@@ -66,20 +66,17 @@ func scanWithFeedback(ctx context.Context, home string, paths []string, w io.Wri
 		case <-t.C:
 		}
 		if !quiet {
-			fmt.Fprintf(w, "hashing content (BLAKE3) before the offer…\n")
+			fmt.Fprintf(w, "scanning…\n")
 		}
 	}()
-	src, err := transfer.ScanWith(ctx, paths, transfer.ScanOptions{
-		Hashed: func(n int64) { hashedBytes.Add(n) },
-		Cache:  hashCache(home),
-	})
+	src, err := transfer.ScanWith(ctx, paths, transfer.ScanOptions{Cache: hashCache(home), Late: true})
 	close(done)
 	<-slow
 	if err == nil && len(src.Skipped) > 0 {
 		fmt.Fprintf(w, "left out %d special file(s) (sockets, FIFOs, devices), e.g. %s\n", len(src.Skipped), src.Skipped[0])
 	}
 	if el := time.Since(start); !quiet && el > time.Second && err == nil {
-		fmt.Fprintf(w, "hashed %s in %s\n", transfer.FormatBytes(hashedBytes.Load()), el.Round(10*time.Millisecond))
+		fmt.Fprintf(w, "scanned %d entries in %s\n", len(src.Entries), el.Round(10*time.Millisecond))
 	}
 	return src, err
 }

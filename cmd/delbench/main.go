@@ -203,11 +203,12 @@ func benchTransfer(args []string) error {
 			fmt.Printf("croc: %s not found, skipped\n", *croc)
 		}
 	}
-	results := map[string]sample{}
 	fmt.Printf("transfer of %s on loopback, %d runs each, medians (host: %s)\n", human(*size), *runs, hostInfo())
-	for _, c := range cs {
-		var ss []sample
-		for i := 0; i < *runs; i++ {
+	// Contenders take turns, run by run, so that a change of load on the
+	// machine affects all of them alike; ratios are also taken run by run.
+	all := make([][]sample, len(cs))
+	for i := 0; i < *runs; i++ {
+		for ci, c := range cs {
 			out := filepath.Join(work, fmt.Sprintf("out-%d", i))
 			os.RemoveAll(out)
 			s, err := c.run(out)
@@ -217,26 +218,41 @@ func benchTransfer(args []string) error {
 			if err := sameSize(src, out); err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
-			ss = append(ss, s)
+			all[ci] = append(all[ci], s)
 			os.RemoveAll(out)
 		}
+	}
+	index := map[string]int{}
+	for ci, c := range cs {
+		index[c.name] = ci
+		ss := append([]sample(nil), all[ci]...)
 		sort.Slice(ss, func(a, b int) bool { return ss[a].secs < ss[b].secs })
 		m := ss[len(ss)/2]
-		results[c.name] = m
 		rss := fmt.Sprintf("peak RSS sender %4d MiB receiver %4d MiB", m.sendRSS/1024, m.recv/1024)
 		if m.sendRSS == 0 {
 			rss = "peak RSS not measured"
 		}
 		fmt.Printf("%-20s %8.1f MB/s  %6.2f s  cpu %5.2f s  %s\n", c.name, float64(*size)/m.secs/1e6, m.secs, m.cpu, rss)
 	}
-	d := results["del send/receive"]
-	for _, ref := range []string{"plain TCP copy", "bare TLS 1.3 copy", "croc --no-compress"} {
-		if r, ok := results[ref]; ok {
-			fmt.Printf("ratio del / %-20s %5.2fx (throughput)\n", ref, r.secs/d.secs)
+	// runRatio is the median over runs of ref's time / name's time, each
+	// pair measured back to back.
+	runRatio := func(name, ref string) (float64, bool) {
+		a, okA := index[name]
+		b, okB := index[ref]
+		if !okA || !okB {
+			return 0, false
 		}
+		var rs []float64
+		for i := range all[a] {
+			rs = append(rs, all[b][i].secs/all[a][i].secs)
+		}
+		sort.Float64s(rs)
+		return rs[len(rs)/2], true
 	}
-	if w, ok := results["del re-send (cached)"]; ok {
-		fmt.Printf("ratio del re-send (cached) / bare TLS 1.3 copy %5.2fx (throughput)\n", results["bare TLS 1.3 copy"].secs/w.secs)
+	for _, pair := range [][2]string{{"del send/receive", "bare TLS 1.3 copy"}, {"del re-send (cached)", "bare TLS 1.3 copy"}, {"del send/receive", "croc --no-compress"}} {
+		if r, ok := runRatio(pair[0], pair[1]); ok {
+			fmt.Printf("run-by-run median ratio %s / %s: %5.2fx (throughput)\n", pair[0], pair[1], r)
+		}
 	}
 	return nil
 }
