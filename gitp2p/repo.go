@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 )
 
 // ZeroID is the all-zero object id that stands for "no object" in ref
@@ -132,64 +131,29 @@ type Refs struct {
 	List       []Ref
 }
 
-// refCache keeps the last listing of each repository with the fingerprint
-// of the ref files it was read from: a fetch then costs a directory walk
-// instead of a for-each-ref process (~20 ms on a loaded machine).
-var refCache sync.Map // git dir -> *cachedRefs
-
-type cachedRefs struct {
-	fingerprint string
-	refs        *Refs
-}
-
-// refsFingerprint describes HEAD, packed-refs and every file and directory
-// under refs/ by name, size, inode, modification and change time. git
-// replaces a ref by renaming a new file over it, so any update changes it.
-func refsFingerprint(gitDir string) (string, error) {
-	var b strings.Builder
-	add := func(path string, fi os.FileInfo) {
-		fmt.Fprintf(&b, "%s %d %d", path, fi.Size(), fi.ModTime().UnixNano())
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			fmt.Fprintf(&b, " %d %d.%d", st.Ino, st.Ctim.Sec, st.Ctim.Nsec)
-		}
-		b.WriteByte('\n')
-	}
-	for _, name := range []string{"HEAD", "packed-refs"} {
-		if fi, err := os.Stat(filepath.Join(gitDir, name)); err == nil {
-			add(name, fi)
-		}
-	}
-	err := filepath.WalkDir(filepath.Join(gitDir, "refs"), func(path string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		add(path, fi)
-		return nil
-	})
-	return b.String(), err
-}
-
-// ReadRefs lists the repository's references: for-each-ref, or the cached
-// listing when no ref file changed since.
+// ReadRefs lists the repository's references, read from its files (HEAD,
+// packed-refs, refs/), or by `git for-each-ref` for a layout the native
+// reader leaves to git.
 func (r *Repo) ReadRefs(ctx context.Context) (*Refs, error) {
-	fp, fpErr := refsFingerprint(r.GitDir)
-	if c, ok := refCache.Load(r.GitDir); ok && fpErr == nil && c.(*cachedRefs).fingerprint == fp {
-		return c.(*cachedRefs).refs, nil
-	}
-	refs, err := r.readRefs(ctx)
-	if err == nil && fpErr == nil {
-		if fp2, err := refsFingerprint(r.GitDir); err == nil && fp2 == fp {
-			refCache.Store(r.GitDir, &cachedRefs{fingerprint: fp, refs: refs})
-		}
-	}
-	return refs, err
+	objs := r.openObjects(ctx)
+	defer objs.Close()
+	return r.readRefsWith(ctx, objs)
 }
 
-func (r *Repo) readRefs(ctx context.Context) (*Refs, error) {
+// readRefsWith lists the references, peeling tags with objs.
+func (r *Repo) readRefsWith(ctx context.Context, objs *objects) (*Refs, error) {
+	if objs.nativeOK() {
+		refs, err := readRefsNative(r.GitDir, objs)
+		if !errors.Is(err, errUnsupported) {
+			return refs, err
+		}
+	}
+	return r.readRefs(ctx, objs)
+}
+
+// readRefs lists the references with git for-each-ref. Its %(*objectname)
+// peels one level; a tag of a tag is peeled further, as upload-pack does.
+func (r *Repo) readRefs(ctx context.Context, objs *objects) (*Refs, error) {
 	out, err := r.output(ctx, nil, nil, "for-each-ref", "--format=%(objectname) %(refname) %(*objectname)")
 	if err != nil {
 		return nil, err
@@ -203,28 +167,39 @@ func (r *Repo) readRefs(ctx context.Context) (*Refs, error) {
 		ref := Ref{OID: f[0], Name: f[1]}
 		if len(f) > 2 {
 			ref.Peeled = f[2]
+			if p, ok, err := objs.Peel(ref.Peeled); err != nil {
+				return nil, err
+			} else if ok && p != "" {
+				ref.Peeled = p
+			}
 		}
 		refs.List = append(refs.List, ref)
 	}
 	sort.Slice(refs.List, func(i, j int) bool { return refs.List[i].Name < refs.List[j].Name })
-	// HEAD is read from its file (gitrepository-layout(5)): "ref: <name>"
-	// or a detached object id.
-	head, err := os.ReadFile(filepath.Join(r.GitDir, "HEAD"))
-	if err != nil {
+	if err := readHead(r.GitDir, refs); err != nil {
 		return nil, err
+	}
+	return refs, nil
+}
+
+// readHead sets refs.Head and refs.HeadTarget from the HEAD file
+// (gitrepository-layout(5)): "ref: <name>" or a detached object id.
+func readHead(gitDir string, refs *Refs) error {
+	head, err := os.ReadFile(filepath.Join(gitDir, "HEAD"))
+	if err != nil {
+		return err
 	}
 	h := strings.TrimSpace(string(head))
 	if target, ok := strings.CutPrefix(h, "ref: "); ok {
 		refs.HeadTarget = target
-		for _, ref := range refs.List {
-			if ref.Name == target {
-				refs.Head = &Ref{Name: "HEAD", OID: ref.OID}
-			}
+		i := sort.Search(len(refs.List), func(i int) bool { return refs.List[i].Name >= target })
+		if i < len(refs.List) && refs.List[i].Name == target {
+			refs.Head = &Ref{Name: "HEAD", OID: refs.List[i].OID}
 		}
 	} else if isHex40(h) {
 		refs.Head = &Ref{Name: "HEAD", OID: h}
 	}
-	return refs, nil
+	return nil
 }
 
 // isHex40 reports whether s is a full SHA-1 object name in lowercase hex.
@@ -247,20 +222,186 @@ type commit struct {
 	time    int64
 }
 
-// objects answers "do we have this object" and "what are this commit's
-// parents" through one long-running `git cat-file --batch-command`.
+// objects answers "do we have this object", "what are this commit's
+// parents" and "what does this tag point to": from the object store in
+// this process, or through one long-running `git cat-file
+// --batch-command` for what the store does not read.
 type objects struct {
 	mu      sync.Mutex // guards the fields below
-	cmd     *exec.Cmd
-	stdin   io.Closer
-	in      *bufio.Writer
-	out     *bufio.Reader
+	store   *objectStore
+	git     *catFile // started at the first question the store cannot answer
+	repo    *Repo
+	ctx     context.Context
 	commits map[string]*commit
 	types   map[string]string // "" = missing
 }
 
-func (r *Repo) openObjects(ctx context.Context, env ...string) (*objects, error) {
-	cmd := r.command(ctx, env, "cat-file", "--batch-command")
+// openObjects opens the repository's objects; it starts no process.
+func (r *Repo) openObjects(ctx context.Context) *objects {
+	o := &objects{repo: r, ctx: ctx, commits: map[string]*commit{}, types: map[string]string{}}
+	if s, err := openStore(r.GitDir); err == nil {
+		o.store = s
+	}
+	return o
+}
+
+// nativeOK reports whether the repository's files are read natively.
+func (o *objects) nativeOK() bool { return o.store != nil }
+
+func (o *objects) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.store != nil {
+		o.store.Close()
+		o.store = nil
+	}
+	if o.git != nil {
+		err := o.git.close()
+		o.git = nil
+		return err
+	}
+	return nil
+}
+
+// typeLocked returns an object's type, "" when it is missing.
+func (o *objects) typeLocked(oid string) (string, error) {
+	if t, ok := o.types[oid]; ok {
+		return t, nil
+	}
+	var t string
+	var err error
+	if o.store != nil {
+		t, err = o.store.Type(oid)
+	}
+	if o.store == nil || err != nil {
+		var g *catFile
+		if g, err = o.catFileLocked(); err == nil {
+			t, _, err = g.request("info", oid)
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	o.types[oid] = t
+	return t, nil
+}
+
+// contentsLocked returns an object's type and content; type "" when it is
+// missing.
+func (o *objects) contentsLocked(oid string) (string, []byte, error) {
+	if o.store != nil {
+		if t, data, err := o.store.Read(oid); err == nil {
+			return t, data, nil
+		}
+	}
+	g, err := o.catFileLocked()
+	if err != nil {
+		return "", nil, err
+	}
+	typ, size, err := g.request("contents", oid)
+	if err != nil || typ == "" {
+		return "", nil, err
+	}
+	body := make([]byte, size+1) // content and a LF
+	if _, err := io.ReadFull(g.out, body); err != nil {
+		return "", nil, fmt.Errorf("git cat-file: %w", err)
+	}
+	return typ, body[:size], nil
+}
+
+// Type returns the type of an object, or "" if the repository lacks it.
+func (o *objects) Type(oid string) (string, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.typeLocked(oid)
+}
+
+// Commit returns a commit's parents and committer time, or nil if oid is
+// not a commit we have.
+func (o *objects) Commit(oid string) (*commit, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if c, ok := o.commits[oid]; ok {
+		return c, nil
+	}
+	typ, err := o.typeLocked(oid)
+	if err != nil || typ != "commit" {
+		return nil, err
+	}
+	typ, body, err := o.contentsLocked(oid)
+	if err != nil || typ != "commit" {
+		return nil, err
+	}
+	c := parseCommit(body)
+	o.commits[oid] = c
+	return c, nil
+}
+
+// Peel follows annotated tags from oid to the first object that is not a
+// tag. It returns "" when oid is not a tag, and ok false when oid is
+// missing.
+func (o *objects) Peel(oid string) (peeled string, ok bool, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	cur := oid
+	for depth := 0; ; depth++ {
+		typ, err := o.typeLocked(cur)
+		if err != nil || typ == "" {
+			return "", false, err
+		}
+		if typ != "tag" {
+			if cur == oid {
+				return "", true, nil
+			}
+			return cur, true, nil
+		}
+		if depth > 64 {
+			return "", false, fmt.Errorf("tag %s: nested too deep", oid)
+		}
+		_, body, err := o.contentsLocked(cur)
+		if err != nil {
+			return "", false, err
+		}
+		target, ok := parseTagTarget(body)
+		if !ok {
+			return "", false, fmt.Errorf("tag %s: no object line", cur)
+		}
+		cur = target
+	}
+}
+
+// parseTagTarget reads the "object <oid>" header a tag starts with.
+func parseTagTarget(b []byte) (string, bool) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	t, ok := bytes.CutPrefix(line, []byte("object "))
+	if !ok || !isHex40(string(t)) {
+		return "", false
+	}
+	return string(t), true
+}
+
+func (o *objects) catFileLocked() (*catFile, error) {
+	if o.git != nil {
+		return o.git, nil
+	}
+	g, err := startCatFile(o.ctx, o.repo)
+	if err != nil {
+		return nil, err
+	}
+	o.git = g
+	return g, nil
+}
+
+// catFile is a running `git cat-file --batch-command`.
+type catFile struct {
+	cmd   *exec.Cmd
+	stdin io.Closer
+	in    *bufio.Writer
+	out   *bufio.Reader
+}
+
+func startCatFile(ctx context.Context, r *Repo) (*catFile, error) {
+	cmd := r.command(ctx, nil, "cat-file", "--batch-command")
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -272,32 +413,21 @@ func (r *Repo) openObjects(ctx context.Context, env ...string) (*objects, error)
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	return &objects{cmd: cmd, stdin: in, in: bufio.NewWriter(in), out: bufio.NewReader(out),
-		commits: map[string]*commit{}, types: map[string]string{}}, nil
+	return &catFile{cmd: cmd, stdin: in, in: bufio.NewWriter(in), out: bufio.NewReader(out)}, nil
 }
 
-func (o *objects) Close() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.cmd == nil {
-		return nil
-	}
-	o.stdin.Close()
-	err := o.cmd.Wait()
-	o.cmd = nil
-	return err
+func (g *catFile) close() error {
+	g.stdin.Close()
+	return g.cmd.Wait()
 }
 
-// request sends one command and reads its header line.
-func (o *objects) requestLocked(verb, oid string) (typ string, size int64, err error) {
-	if o.cmd == nil {
-		return "", 0, errors.New("object reader closed")
-	}
-	fmt.Fprintf(o.in, "%s %s\n", verb, oid)
-	if err := o.in.Flush(); err != nil {
+// request sends one command and reads its header line; typ "" = missing.
+func (g *catFile) request(verb, oid string) (typ string, size int64, err error) {
+	fmt.Fprintf(g.in, "%s %s\n", verb, oid)
+	if err := g.in.Flush(); err != nil {
 		return "", 0, err
 	}
-	line, err := o.out.ReadString('\n')
+	line, err := g.out.ReadString('\n')
 	if err != nil {
 		return "", 0, fmt.Errorf("git cat-file: %w", err)
 	}
@@ -310,50 +440,6 @@ func (o *objects) requestLocked(verb, oid string) (typ string, size int64, err e
 	}
 	size, err = strconv.ParseInt(f[2], 10, 64)
 	return f[1], size, err
-}
-
-// Type returns the type of an object, or "" if the repository lacks it.
-func (o *objects) Type(oid string) (string, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if t, ok := o.types[oid]; ok {
-		return t, nil
-	}
-	t, _, err := o.requestLocked("info", oid)
-	if err != nil {
-		return "", err
-	}
-	o.types[oid] = t
-	return t, nil
-}
-
-// Commit returns a commit's parents and committer time, or nil if oid is
-// not a commit we have.
-func (o *objects) Commit(oid string) (*commit, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if c, ok := o.commits[oid]; ok {
-		return c, nil
-	}
-	typ, size, err := o.requestLocked("contents", oid)
-	if err != nil {
-		return nil, err
-	}
-	if typ == "" {
-		o.types[oid] = ""
-		return nil, nil
-	}
-	body := make([]byte, size+1) // content and a LF
-	if _, err := io.ReadFull(o.out, body); err != nil {
-		return nil, fmt.Errorf("git cat-file: %w", err)
-	}
-	o.types[oid] = typ
-	if typ != "commit" {
-		return nil, nil
-	}
-	c := parseCommit(body[:size])
-	o.commits[oid] = c
-	return c, nil
 }
 
 // parseCommit reads the parents and committer time of a raw commit.

@@ -196,7 +196,9 @@ func UploadPack(ctx context.Context, repo *Repo, r io.Reader, w io.Writer) error
 }
 
 func uploadPack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer) error {
-	refs, err := repo.ReadRefs(ctx)
+	objs := repo.openObjects(ctx)
+	defer objs.Close()
+	refs, err := repo.readRefsWith(ctx, objs)
 	if err != nil {
 		return err
 	}
@@ -210,25 +212,6 @@ func uploadPack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer) er
 		return err
 	}
 	trace("upload-pack: advertised %d refs", len(refs.List))
-	// The object reader starts while the client chooses its wants and haves.
-	objsReady := make(chan objectsOrErr, 1)
-	go func() {
-		o, err := repo.openObjects(ctx)
-		objsReady <- objectsOrErr{o, err}
-	}()
-	var objs objectsOrErr
-	received := false
-	getObjects := func() objectsOrErr {
-		if !received {
-			objs, received = <-objsReady, true
-		}
-		return objs
-	}
-	defer func() {
-		if o := getObjects(); o.objects != nil {
-			o.Close()
-		}
-	}()
 	ours := map[string]bool{}
 	peeled := map[string]string{}
 	if refs.Head != nil {
@@ -246,10 +229,7 @@ func uploadPack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer) er
 		return err
 	}
 	trace("upload-pack: %d wants", len(req.wants))
-	if o := getObjects(); o.err != nil {
-		return o.err
-	}
-	sh, err := shallowUpdate(objs.objects, req, peeled)
+	sh, err := shallowUpdate(objs, req, peeled)
 	if err != nil {
 		return err
 	}
@@ -265,7 +245,7 @@ func uploadPack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer) er
 			return err
 		}
 	}
-	n := &negotiator{objs: objs.objects, req: req, peeled: peeled, theyHave: map[string]bool{}, reaches: map[string]bool{}}
+	n := &negotiator{objs: objs, req: req, peeled: peeled, theyHave: map[string]bool{}, reaches: map[string]bool{}}
 	if _, err := pr.Buffered().Peek(1); err != nil {
 		return nil // the client hung up after the shallow list
 	}
@@ -498,6 +478,9 @@ func (n *negotiator) run(pr *Reader, w *bufio.Writer) error {
 			continue
 		}
 		if arg, ok := strings.CutPrefix(line, "have "); ok {
+			if len(n.haves) == 0 && !gotOther {
+				trace("upload-pack: have %s", arg)
+			}
 			if !isHex40(arg) {
 				return protoErr("expected SHA1 object, got %q", arg)
 			}
@@ -534,6 +517,7 @@ func (n *negotiator) run(pr *Reader, w *bufio.Writer) error {
 			continue
 		}
 		if line == "done" {
+			trace("upload-pack: done")
 			if len(n.haves) > 0 {
 				if n.req.multiAck > 0 {
 					writeLine(w, "ACK %s\n", last)
@@ -622,6 +606,7 @@ func sendPack(ctx context.Context, repo *Repo, req *uploadRequest, sh *shallowPl
 	if err := cmd.Start(); err != nil {
 		return err
 	}
+	trace("upload-pack: pack-objects started")
 	bw := &bandWriter{w: w, max: req.sideband}
 	var wg sync.WaitGroup
 	var errOut strings.Builder
@@ -674,9 +659,4 @@ func sendPack(ctx context.Context, repo *Repo, req *uploadRequest, sh *shallowPl
 	}
 	trace("upload-pack: pack sent")
 	return w.Flush()
-}
-
-type objectsOrErr struct {
-	*objects
-	err error
 }
