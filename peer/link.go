@@ -119,13 +119,14 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, client bool) (*Li
 	}
 	var remote identity.ID
 	var remoteCert *x509.Certificate
+	now := cfg.Time
+	if now == nil {
+		now = time.Now
+	}
 	verify := func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-		if len(rawCerts) == 0 {
-			return errors.New("peer presented no certificate")
-		}
-		cert, err := x509.ParseCertificate(rawCerts[0])
+		cert, err := peerIdentity(rawCerts, now())
 		if err != nil {
-			return fmt.Errorf("peer certificate: %w", err)
+			return err
 		}
 		got := identity.IDOfCert(cert)
 		if !cfg.Expect.IsZero() && got != cfg.Expect {
@@ -134,9 +135,14 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, client bool) (*Li
 		remote, remoteCert = got, cert
 		return nil
 	}
+	own, err := sessionCertificate(cfg.Identity, now())
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
 	tc := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cfg.Identity.TLSCertificate()},
+		Certificates: []tls.Certificate{own},
 		NextProtos:   []string{ALPN},
 		// There is no CA: the certificate is checked against the pinned id
 		// in VerifyPeerCertificate, which crypto/tls calls in both roles.
@@ -176,7 +182,6 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, client bool) (*Li
 	// makes both sides agree on the outcome before any channel opens.
 	tconn.SetDeadline(deadlineOf(hctx))
 	var ack [1]byte
-	var err error
 	if client {
 		if _, err = io.ReadFull(tconn, ack[:]); err == nil && ack[0] != linkAccepted {
 			err = fmt.Errorf("unexpected byte %#x", ack[0])

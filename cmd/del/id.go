@@ -6,6 +6,7 @@ import (
 
 	"github.com/del-share/del/identity"
 	"github.com/del-share/del/internal/config"
+	"github.com/del-share/del/peer"
 	"github.com/spf13/cobra"
 )
 
@@ -36,6 +37,9 @@ func loadIdentity(cmd *cobra.Command) (*identity.Identity, error) {
 	}
 	ident, err := identity.Load(home)
 	if err == nil {
+		// Links present a session certificate signed by the identity:
+		// make it now, while the command sets up, not on the first link.
+		go peer.Prepare(ident)
 		return ident, nil
 	}
 	if !errorsIsNoIdentity(err) {
