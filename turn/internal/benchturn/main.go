@@ -58,11 +58,19 @@ func main() {
 
 	results := map[string]*result{}
 	order := []string{}
+	procs := map[string]*proc{}
+	stopAll := func() {
+		for _, p := range procs {
+			p.stop()
+		}
+	}
 	for _, s := range servers {
 		p, err := s.start()
 		if err != nil {
+			stopAll()
 			fatal("%s: %v", s.name, err)
 		}
+		procs[s.name] = p
 		r := &result{}
 		results[s.name] = r
 		order = append(order, s.name)
@@ -70,49 +78,55 @@ func main() {
 		// grown its heap.
 		r.idleKB, err = idleMemory(p, *idle)
 		if err != nil {
-			p.stop()
+			stopAll()
 			fatal("%s: idle: %v", s.name, err)
 		}
-		cpu0 := p.cpu()
-		var mbs []float64
-		for i := 0; i < *runs; i++ {
+	}
+	// The big transfers take turns run by run (each server, the direct copy
+	// and the bare proxy), so that a change of load on the shared machine
+	// weighs on all of them alike; ratios are also taken run by run.
+	mbs := map[string][]float64{}
+	var ratios []float64
+	for i := 0; i < *runs; i++ {
+		for _, n := range order {
+			p := procs[n]
+			cpu0 := p.cpu()
 			v, err := bigTransfer(p.addr, *size)
 			if err != nil {
-				p.stop()
-				fatal("%s: big transfer: %v", s.name, err)
+				stopAll()
+				fatal("%s: big transfer: %v", n, err)
 			}
-			mbs = append(mbs, v)
+			results[n].bigCPU += (p.cpu() - cpu0) / float64(*runs)
+			mbs[n] = append(mbs[n], v)
 		}
-		r.mbps = median(mbs)
-		r.bigCPU = (p.cpu() - cpu0) / float64(*runs)
+		v, err := directTransfer(*size)
+		if err != nil {
+			stopAll()
+			fatal("direct: %v", err)
+		}
+		mbs["direct"] = append(mbs["direct"], v)
+		ratios = append(ratios, mbs["del turn"][i]/v)
+		if v, err = proxyTransfer(*size); err != nil {
+			stopAll()
+			fatal("proxy: %v", err)
+		}
+		mbs["proxy"] = append(mbs["proxy"], v)
+	}
+	for _, n := range order {
+		r := results[n]
+		r.mbps = median(mbs[n])
+		p := procs[n]
 		cpu1 := p.cpu()
 		t, err := concurrent(p.addr, *conc, *concSize)
 		if err != nil {
-			p.stop()
-			fatal("%s: concurrent: %v", s.name, err)
+			stopAll()
+			fatal("%s: concurrent: %v", n, err)
 		}
 		r.concSec = t.Seconds()
 		r.concCPU = p.cpu() - cpu1
-		p.stop()
 	}
-	var direct []float64
-	for i := 0; i < *runs; i++ {
-		v, err := directTransfer(*size)
-		if err != nil {
-			fatal("direct: %v", err)
-		}
-		direct = append(direct, v)
-	}
-	d := median(direct)
-	var proxied []float64
-	for i := 0; i < *runs; i++ {
-		v, err := proxyTransfer(*size)
-		if err != nil {
-			fatal("proxy: %v", err)
-		}
-		proxied = append(proxied, v)
-	}
-	px := median(proxied)
+	stopAll()
+	d, px := median(mbs["direct"]), median(mbs["proxy"])
 
 	fmt.Printf("TURN over TCP, loopback, %d MiB transfer (median of %d), %d allocations x %d MiB, %d idle allocations\n\n",
 		*size>>20, *runs, *conc, *concSize>>20, *idle)
@@ -126,12 +140,24 @@ func main() {
 	fmt.Println()
 	fmt.Println("TCP proxy: a bare in-process splice proxy, one extra TCP hop and no TURN; the ceiling of any relay here.")
 	del := results["del turn"]
-	fmt.Printf("del turn / direct:  %.2f x (goal >= 0.40)\n", del.mbps/d)
+	fmt.Printf("del turn / direct:  %.2f x (medians; goal >= 0.40)\n", del.mbps/d)
+	fmt.Printf("del turn / direct, run by run: median %.2f x, runs %s\n", median(ratios), fmtRatios(ratios))
 	fmt.Printf("del turn / TCP proxy:  %.2f x\n", del.mbps/px)
 	if c, ok := results["coturn"]; ok {
 		fmt.Printf("del turn / coturn:  %.2f x (goal >= 3)\n", del.mbps/c.mbps)
 		fmt.Printf("concurrent, coturn time / del turn time: %.2f x\n", c.concSec/del.concSec)
 	}
+}
+
+func fmtRatios(v []float64) string {
+	var b strings.Builder
+	for i, x := range v {
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		fmt.Fprintf(&b, "%.2f", x)
+	}
+	return b.String()
 }
 
 type result struct {
