@@ -67,7 +67,7 @@ func FuzzCheckPath(f *testing.F) {
 // FuzzReceive feeds arbitrary bytes to a receiver as if from a sender: it
 // must never panic, hang, or write outside its folder.
 func FuzzReceive(f *testing.F) {
-	offer := AppendFrame(nil, FrameOffer, marshal(Offer{V: 1, Entries: []Entry{{Path: "a", Kind: KindFile, Size: 2, Hash: someHash}}}))
+	offer := AppendFrame(nil, FrameOffer, marshal(Offer{V: Version, Entries: []Entry{{Path: "a", Kind: KindFile, Size: 2, Hash: someHash}}}))
 	offer = AppendFrame(offer, FrameOfferEnd, marshal(OfferEnd{Entries: 1, Files: 1, Bytes: 2}))
 	f.Add(offer)
 	f.Add(append(append([]byte(nil), offer...), AppendFrame(AppendFrame(nil, FrameFileStart, []byte(`{"i":0}`)), FrameData, []byte("xyz"))...))
