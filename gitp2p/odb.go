@@ -72,6 +72,31 @@ type objectStore struct {
 	// often deltas of one another); it is emptied when it grows too big.
 	base     map[packPos][]byte
 	baseSize int
+	// One inflater, reset for every object: a new zlib reader allocates
+	// and clears a 32 KiB window, which cost more than the reads.
+	br *bufio.Reader
+	zr io.ReadCloser
+}
+
+// inflater returns the store's zlib reader, reset to read from r.
+func (s *objectStore) inflater(r io.Reader) (io.Reader, error) {
+	if s.br == nil {
+		s.br = bufio.NewReaderSize(r, 4096)
+	} else {
+		s.br.Reset(r)
+	}
+	if s.zr == nil {
+		zr, err := zlib.NewReader(s.br)
+		if err != nil {
+			return nil, err
+		}
+		s.zr = zr
+		return zr, nil
+	}
+	if err := s.zr.(zlib.Resetter).Reset(s.br, nil); err != nil {
+		return nil, err
+	}
+	return s.zr, nil
 }
 
 type packPos struct {
@@ -230,11 +255,12 @@ func (s *objectStore) Close() {
 	s.dirs = nil
 }
 
-// location is where an object lives: a pack entry, or a loose file.
+// location is where an object lives: a pack entry, or a loose file (open;
+// whoever reads it closes it).
 type location struct {
 	p     *packFile
 	off   int64
-	loose string
+	loose *os.File
 }
 
 func (s *objectStore) find(oid [20]byte) (location, bool) {
@@ -247,8 +273,8 @@ func (s *objectStore) find(oid [20]byte) (location, bool) {
 			}
 			hexID := fmt.Sprintf("%x", oid)
 			path := filepath.Join(d.path, hexID[:2], hexID[2:])
-			if _, err := os.Stat(path); err == nil {
-				return location{loose: path}, true
+			if f, err := os.Open(path); err == nil {
+				return location{loose: f}, true
 			}
 		}
 		// Not found: a pack may have appeared since the scan (git does
@@ -292,8 +318,8 @@ func (s *objectStore) Type(oidHex string) (string, error) {
 		return "", nil
 	}
 	for hops := 0; hops < maxDeltaChain; hops++ {
-		if loc.loose != "" {
-			t, _, err := looseHeader(loc.loose)
+		if loc.loose != nil {
+			t, _, err := s.readLoose(loc.loose, "")
 			return typeName(t), err
 		}
 		h, err := loc.p.entryHeader(loc.off)
@@ -317,6 +343,12 @@ func (s *objectStore) Type(oidHex string) (string, error) {
 // Read returns an object's type and content; type "" when the store does
 // not have it.
 func (s *objectStore) Read(oidHex string) (string, []byte, error) {
+	return s.ReadIf(oidHex, "*")
+}
+
+// ReadIf returns an object's type and, when it is want (or want is "*"),
+// its content: a commit is read whole, a blob only as far as its header.
+func (s *objectStore) ReadIf(oidHex, want string) (string, []byte, error) {
 	oid, ok := parseOID(oidHex)
 	if !ok {
 		return "", nil, fmt.Errorf("object store: bad object id %q", oidHex)
@@ -324,6 +356,19 @@ func (s *objectStore) Read(oidHex string) (string, []byte, error) {
 	loc, ok := s.find(oid)
 	if !ok {
 		return "", nil, nil
+	}
+	if loc.loose != nil {
+		t, data, err := s.readLoose(loc.loose, want)
+		if err != nil {
+			return "", nil, fmt.Errorf("object %s: %w", oidHex, err)
+		}
+		return typeName(t), data, nil
+	}
+	if want != "*" {
+		typ, err := s.Type(oidHex)
+		if err != nil || typ != want {
+			return typ, nil, err
+		}
 	}
 	t, data, err := s.readAt(loc, 0)
 	if err != nil {
@@ -333,8 +378,8 @@ func (s *objectStore) Read(oidHex string) (string, []byte, error) {
 }
 
 func (s *objectStore) readAt(loc location, depth int) (int, []byte, error) {
-	if loc.loose != "" {
-		return readLoose(loc.loose)
+	if loc.loose != nil {
+		return s.readLoose(loc.loose, "*")
 	}
 	// Walk down to the base, then apply the deltas on the way back up.
 	type step struct {
@@ -358,7 +403,7 @@ func (s *objectStore) readAt(loc location, depth int) (int, []byte, error) {
 		if err != nil {
 			return 0, nil, err
 		}
-		body, err := p.inflate(h)
+		body, err := s.inflate(p, h)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -373,10 +418,7 @@ func (s *objectStore) readAt(loc location, depth int) (int, []byte, error) {
 			if !ok {
 				return 0, nil, fmt.Errorf("delta base %x missing", h.baseID)
 			}
-			if bl.loose != "" {
-				if depth > 8 {
-					return 0, nil, errors.New("delta chain too long")
-				}
+			if bl.loose != nil {
 				baseType, data, err = s.readAt(bl, depth+1)
 				if err != nil {
 					return 0, nil, err
@@ -505,13 +547,12 @@ func parseEntryHeader(b []byte, off int64) (entryHeader, int, error) {
 	return h, i, nil
 }
 
-// inflate reads the entry's zlib stream.
-func (p *packFile) inflate(h entryHeader) ([]byte, error) {
-	zr, err := zlib.NewReader(bufio.NewReaderSize(io.NewSectionReader(p.f, h.dataOff, p.size-h.dataOff), 4096))
+// inflate reads a pack entry's zlib stream.
+func (s *objectStore) inflate(p *packFile, h entryHeader) ([]byte, error) {
+	zr, err := s.inflater(io.NewSectionReader(p.f, h.dataOff, p.size-h.dataOff))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("inflate pack entry: %w", err)
 	}
-	defer zr.Close()
 	out := make([]byte, h.size)
 	if _, err := io.ReadFull(zr, out); err != nil {
 		return nil, fmt.Errorf("inflate pack entry: %w", err)
@@ -590,39 +631,15 @@ func deltaSize(b []byte) (uint64, int) {
 	return 0, 0
 }
 
-// looseHeader reads the type and size of a loose object.
-func looseHeader(path string) (int, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, 0, err
-	}
+// readLoose reads a loose object, zlib of "<type> <size>\0<content>": its
+// type, and its content when the type is want or want is "*".
+func (s *objectStore) readLoose(f *os.File, want string) (int, []byte, error) {
 	defer f.Close()
-	zr, err := zlib.NewReader(bufio.NewReaderSize(f, 512))
-	if err != nil {
-		return 0, 0, fmt.Errorf("loose object %s: %w", path, err)
-	}
-	defer zr.Close()
-	var buf [64]byte
-	n, err := io.ReadFull(zr, buf[:])
-	if err != nil && err != io.ErrUnexpectedEOF {
-		return 0, 0, fmt.Errorf("loose object %s: %w", path, err)
-	}
-	t, size, _, err := parseLooseHeader(buf[:n])
-	return t, size, err
-}
-
-// readLoose reads a loose object: zlib of "<type> <size>\0<content>".
-func readLoose(path string) (int, []byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer f.Close()
-	zr, err := zlib.NewReader(bufio.NewReader(f))
+	path := f.Name()
+	zr, err := s.inflater(f)
 	if err != nil {
 		return 0, nil, fmt.Errorf("loose object %s: %w", path, err)
 	}
-	defer zr.Close()
 	var head [64]byte
 	n, err := io.ReadFull(zr, head[:])
 	if err != nil && err != io.ErrUnexpectedEOF {
@@ -631,6 +648,9 @@ func readLoose(path string) (int, []byte, error) {
 	t, size, hl, err := parseLooseHeader(head[:n])
 	if err != nil {
 		return 0, nil, fmt.Errorf("loose object %s: %w", path, err)
+	}
+	if want != "*" && want != typeName(t) {
+		return t, nil, nil
 	}
 	out := make([]byte, size)
 	got := copy(out, head[hl:n])

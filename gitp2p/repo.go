@@ -271,7 +271,13 @@ func (o *objects) typeLocked(oid string) (string, error) {
 	var t string
 	var err error
 	if o.store != nil {
-		t, err = o.store.Type(oid)
+		// Most questions are about commits (haves, wants): read it whole
+		// now rather than its header twice.
+		var data []byte
+		t, data, err = o.store.ReadIf(oid, "commit")
+		if err == nil && t == "commit" {
+			o.commits[oid] = parseCommit(data)
+		}
 	}
 	if o.store == nil || err != nil {
 		var g *catFile
@@ -286,13 +292,20 @@ func (o *objects) typeLocked(oid string) (string, error) {
 	return t, nil
 }
 
-// contentsLocked returns an object's type and content; type "" when it is
-// missing.
-func (o *objects) contentsLocked(oid string) (string, []byte, error) {
+// contentsLocked returns an object's type and, when it is want, its
+// content; type "" when it is missing.
+func (o *objects) contentsLocked(oid, want string) (string, []byte, error) {
+	if t, ok := o.types[oid]; ok && t != want {
+		return t, nil, nil
+	}
 	if o.store != nil {
-		if t, data, err := o.store.Read(oid); err == nil {
+		if t, data, err := o.store.ReadIf(oid, want); err == nil {
+			o.types[oid] = t
 			return t, data, nil
 		}
+	}
+	if t, err := o.typeLocked(oid); err != nil || t != want {
+		return t, nil, err
 	}
 	g, err := o.catFileLocked()
 	if err != nil {
@@ -324,11 +337,7 @@ func (o *objects) Commit(oid string) (*commit, error) {
 	if c, ok := o.commits[oid]; ok {
 		return c, nil
 	}
-	typ, err := o.typeLocked(oid)
-	if err != nil || typ != "commit" {
-		return nil, err
-	}
-	typ, body, err := o.contentsLocked(oid)
+	typ, body, err := o.contentsLocked(oid, "commit")
 	if err != nil || typ != "commit" {
 		return nil, err
 	}
@@ -345,7 +354,7 @@ func (o *objects) Peel(oid string) (peeled string, ok bool, err error) {
 	defer o.mu.Unlock()
 	cur := oid
 	for depth := 0; ; depth++ {
-		typ, err := o.typeLocked(cur)
+		typ, body, err := o.contentsLocked(cur, "tag")
 		if err != nil || typ == "" {
 			return "", false, err
 		}
@@ -357,10 +366,6 @@ func (o *objects) Peel(oid string) (peeled string, ok bool, err error) {
 		}
 		if depth > 64 {
 			return "", false, fmt.Errorf("tag %s: nested too deep", oid)
-		}
-		_, body, err := o.contentsLocked(cur)
-		if err != nil {
-			return "", false, err
 		}
 		target, ok := parseTagTarget(body)
 		if !ok {

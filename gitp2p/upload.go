@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -249,11 +250,16 @@ func uploadPack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer) er
 	if _, err := pr.Buffered().Peek(1); err != nil {
 		return nil // the client hung up after the shallow list
 	}
+	pack, err := startPack(ctx, repo, req, sh)
+	if err != nil {
+		return err
+	}
+	defer pack.abort()
 	if err := n.run(pr, w); err != nil {
 		return err
 	}
 	trace("upload-pack: negotiated, %d common", len(n.haves))
-	return sendPack(ctx, repo, req, sh, n.haves, w)
+	return pack.send(req, sh, n.haves, w)
 }
 
 // shallowPlan is the shallow update of one fetch.
@@ -557,9 +563,20 @@ func (b *bandWriter) send(band byte, p []byte) error {
 	return b.w.Flush()
 }
 
-// sendPack runs git pack-objects for the negotiated wants and haves and
-// relays its output.
-func sendPack(ctx context.Context, repo *Repo, req *uploadRequest, sh *shallowPlan, haves []string, w *bufio.Writer) error {
+// packRun is a git pack-objects started before negotiation ends: its
+// start-up (exec, repository setup, ~5-10 ms) overlaps the have/ACK
+// exchange; it waits for its revisions on stdin.
+type packRun struct {
+	cmd    *exec.Cmd
+	cancel context.CancelFunc
+	stdin  io.WriteCloser
+	stdout io.ReadCloser
+	stderr io.ReadCloser
+	done   bool
+}
+
+// startPack starts pack-objects with the options the client asked for.
+func startPack(ctx context.Context, repo *Repo, req *uploadRequest, sh *shallowPlan) (*packRun, error) {
 	var args []string
 	if len(sh.register) > 0 {
 		args = append(args, "--shallow-file", "")
@@ -580,6 +597,41 @@ func sendPack(ctx context.Context, repo *Repo, req *uploadRequest, sh *shallowPl
 	if req.includeTag {
 		args = append(args, "--include-tag")
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	p := &packRun{cmd: repo.command(ctx, nil, args...), cancel: cancel}
+	var err error
+	if p.stdin, err = p.cmd.StdinPipe(); err == nil {
+		if p.stdout, err = p.cmd.StdoutPipe(); err == nil {
+			p.stderr, err = p.cmd.StderrPipe()
+		}
+	}
+	if err == nil {
+		err = p.cmd.Start()
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	trace("upload-pack: pack-objects started")
+	return p, nil
+}
+
+// abort stops a pack-objects that will not be used.
+func (p *packRun) abort() {
+	if p.done {
+		return
+	}
+	p.done = true
+	p.cancel()
+	p.stdin.Close()
+	p.cmd.Wait()
+}
+
+// send gives pack-objects the wants and haves and relays its output: the
+// pack on band 1 (or bare without side-band), its progress on band 2.
+func (p *packRun) send(req *uploadRequest, sh *shallowPlan, haves []string, w *bufio.Writer) error {
+	defer p.cancel()
+	p.done = true
 	var in strings.Builder
 	for _, oid := range sh.register {
 		fmt.Fprintf(&in, "--shallow %s\n", oid)
@@ -592,23 +644,17 @@ func sendPack(ctx context.Context, repo *Repo, req *uploadRequest, sh *shallowPl
 		fmt.Fprintf(&in, "%s\n", oid)
 	}
 	in.WriteString("\n")
-
-	cmd := repo.command(ctx, nil, args...)
-	cmd.Stdin = strings.NewReader(in.String())
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	trace("upload-pack: pack-objects started")
-	bw := &bandWriter{w: w, max: req.sideband}
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		// pack-objects reads all its input before it writes; a write error
+		// means it died, which Wait reports.
+		io.WriteString(p.stdin, in.String())
+		p.stdin.Close()
+	}()
+	stdout, stderr, cmd := p.stdout, p.stderr, p.cmd
+	bw := &bandWriter{w: w, max: req.sideband}
 	var errOut strings.Builder
 	wg.Add(1)
 	go func() {
