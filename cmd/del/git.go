@@ -183,7 +183,8 @@ Shares added or removed while it runs apply at the next request.`,
 				gitp2p.Trace = func(format string, a ...any) {
 					mu.Lock()
 					defer mu.Unlock()
-					fmt.Fprintf(cmd.ErrOrStderr(), "del git serve %9.1fms: %s\n", float64(time.Since(start).Microseconds())/1000, fmt.Sprintf(format, a...))
+					now := time.Now()
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s del git serve %9.1fms: %s\n", now.Format("15:04:05.000000"), float64(now.Sub(start).Microseconds())/1000, fmt.Sprintf(format, a...))
 				}
 			}
 			srv := newGitServer(ident, file, func(format string, a ...any) {
@@ -247,6 +248,7 @@ func (s *gitServer) serve(ctx context.Context, ln net.Listener) error {
 }
 
 func (s *gitServer) serveLink(ctx context.Context, conn net.Conn) {
+	gitTrace("tcp connection from %s", conn.RemoteAddr())
 	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	link, err := peer.Server(hctx, conn, peer.Config{Identity: s.ident})
 	cancel()
@@ -254,6 +256,7 @@ func (s *gitServer) serveLink(ctx context.Context, conn net.Conn) {
 		s.log("ignored a connection from %s: %v", conn.RemoteAddr(), err)
 		return
 	}
+	gitTrace("link up with %s", link.Remote)
 	defer link.Close()
 	stop := context.AfterFunc(ctx, func() { link.Close() })
 	defer stop()
@@ -269,6 +272,13 @@ func (s *gitServer) serveLink(ctx context.Context, conn net.Conn) {
 			defer wg.Done()
 			s.serveChannel(ctx, name, ch, link.Remote)
 		}()
+	}
+}
+
+// gitTrace prints a timing point when DEL_GIT_TRACE is set.
+func gitTrace(format string, a ...any) {
+	if gitp2p.Trace != nil {
+		gitp2p.Trace(format, a...)
 	}
 }
 

@@ -94,32 +94,6 @@ type Dialer interface {
 // cannot be looked up.
 var ErrNoAddress = errors.New("cannot find a peer by id alone")
 
-// directDialer dials HOST:PORT over TCP: the URL's address, or the one
-// configured in git as del.<peer-id>.address.
-type directDialer struct {
-	ident *identity.Identity
-	// lookup returns a configured address for a peer, or "".
-	lookup func(identity.ID) string
-}
-
-func (d *directDialer) Dial(ctx context.Context, t Target) (*peer.Link, error) {
-	addr := t.Addr
-	if addr == "" && d.lookup != nil {
-		addr = d.lookup(t.Peer)
-	}
-	if addr == "" {
-		return nil, fmt.Errorf("%w: use del://%s@<host>:<port>/%s, or set `git config del.%s.address HOST:PORT`",
-			ErrNoAddress, t.Peer, t.Repo, t.Peer)
-	}
-	var nd net.Dialer
-	conn, err := nd.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", addr, err)
-	}
-	trace("tcp connected to %s", addr)
-	return peer.Client(ctx, conn, peer.Config{Identity: d.ident, Expect: t.Peer})
-}
-
 // gitConfigAddress reads del.<peer-id>.address from git's configuration.
 func gitConfigAddress(id identity.ID) string {
 	out, err := exec.Command("git", "config", "--get", "del."+id.String()+".address").Output()
@@ -138,9 +112,11 @@ var traceStart = time.Now()
 func main() {
 	if os.Getenv("DEL_GIT_TRACE") != "" {
 		trace = func(format string, a ...any) {
-			fmt.Fprintf(os.Stderr, "git-remote-del %7.1fms: %s\n", float64(time.Since(traceStart).Microseconds())/1000, fmt.Sprintf(format, a...))
+			now := time.Now()
+			fmt.Fprintf(os.Stderr, "%s git-remote-del %7.1fms: %s\n", now.Format("15:04:05.000000"), float64(now.Sub(traceStart).Microseconds())/1000, fmt.Sprintf(format, a...))
 		}
 	}
+	trace("started")
 	if len(os.Args) < 3 {
 		fmt.Fprintln(os.Stderr, "usage: git-remote-del <remote> <url> (run by git for del:// URLs)")
 		os.Exit(2)
@@ -155,11 +131,17 @@ func main() {
 }
 
 // run speaks the remote-helper protocol on in/out. dialer nil means the
-// direct dialer with the identity of DEL_HOME.
+// direct dialer with the identity of DEL_HOME, started at once (see
+// earlyDial).
 func run(ctx context.Context, url string, in io.Reader, out io.Writer, dialer Dialer) error {
 	t, err := ParseURL(url)
 	if err != nil {
 		return err
+	}
+	var early *earlyDial
+	if dialer == nil {
+		early = startEarlyDial(ctx, t)
+		defer early.discard()
 	}
 	br := bufio.NewReader(in)
 	for {
@@ -183,16 +165,17 @@ func run(ctx context.Context, url string, in io.Reader, out io.Writer, dialer Di
 			if service != gitp2p.UploadPackService && service != gitp2p.ReceivePackService {
 				return fmt.Errorf("unsupported service %q", service)
 			}
-			if dialer == nil {
-				d, err := defaultDialer()
-				if err != nil {
-					return err
-				}
-				if t.Addr == "" && d.lookup(t.Peer) == "" {
+			if early != nil {
+				res := early.wait()
+				if res.byID {
 					// By id: `del git connect` goes online and takes over.
 					return execDelConnect(t, service)
 				}
-				dialer = d
+				if res.err != nil {
+					return res.err
+				}
+				early.link = nil // connect owns it now
+				return connect(ctx, linkDialer{res.link}, t, service, br, out)
 			}
 			return connect(ctx, dialer, t, service, br, out)
 		default:
@@ -200,6 +183,92 @@ func run(ctx context.Context, url string, in io.Reader, out io.Writer, dialer Di
 		}
 	}
 }
+
+// earlyDial reaches the peer while git is still starting the session: the
+// helper knows the address from its arguments, and git always asks for
+// "connect" after "capabilities". The device identity and its session
+// certificate (an RSA signature, package peer) are made while the TCP
+// connection is set up.
+type earlyDial struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	res    earlyResult
+	link   *peer.Link // closed by discard unless taken
+}
+
+type earlyResult struct {
+	link *peer.Link
+	err  error
+	// byID: no address is known; `del git connect` must find the peer.
+	byID bool
+}
+
+func startEarlyDial(ctx context.Context, t Target) *earlyDial {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	e := &earlyDial{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		e.res = dialNow(ctx, t)
+		e.link = e.res.link
+	}()
+	return e
+}
+
+func dialNow(ctx context.Context, t Target) earlyResult {
+	addr := t.Addr
+	if addr == "" {
+		if addr = gitConfigAddress(t.Peer); addr == "" {
+			return earlyResult{byID: true}
+		}
+	}
+	type identOrErr struct {
+		ident *identity.Identity
+		err   error
+	}
+	identReady := make(chan identOrErr, 1)
+	go func() {
+		ident, err := loadIdentity()
+		if err == nil {
+			peer.Prepare(ident)
+			trace("session certificate made")
+		}
+		identReady <- identOrErr{ident, err}
+	}()
+	trace("dialing %s at %s", t.Peer, addr)
+	var nd net.Dialer
+	conn, err := nd.DialContext(ctx, "tcp", addr)
+	id := <-identReady
+	if err != nil {
+		return earlyResult{err: fmt.Errorf("connect to %s: %w", addr, err)}
+	}
+	trace("tcp connected to %s", addr)
+	if id.err != nil {
+		conn.Close()
+		return earlyResult{err: id.err}
+	}
+	link, err := peer.Client(ctx, conn, peer.Config{Identity: id.ident, Expect: t.Peer})
+	return earlyResult{link: link, err: err}
+}
+
+// wait returns the dial's result.
+func (e *earlyDial) wait() earlyResult {
+	<-e.done
+	return e.res
+}
+
+// discard stops the dial and closes a link nobody took.
+func (e *earlyDial) discard() {
+	e.cancel()
+	<-e.done
+	if e.link != nil {
+		e.link.Close()
+	}
+}
+
+// linkDialer hands out a link dialed already.
+type linkDialer struct{ link *peer.Link }
+
+func (d linkDialer) Dial(context.Context, Target) (*peer.Link, error) { return d.link, nil }
 
 // execDelConnect replaces this process with `del git connect`, which finds
 // the peer by id (DHT + ICE, with the device's configuration) and pipes
@@ -215,7 +284,8 @@ func execDelConnect(t Target, service string) error {
 	return syscall.Exec(del, []string{"del", "git", "connect", t.Peer.String(), t.Repo, service}, os.Environ())
 }
 
-func defaultDialer() (*directDialer, error) {
+// loadIdentity reads the device identity of DEL_HOME.
+func loadIdentity() (*identity.Identity, error) {
 	home, err := config.Home()
 	if err != nil {
 		return nil, err
@@ -225,7 +295,7 @@ func defaultDialer() (*directDialer, error) {
 		return nil, fmt.Errorf("device identity in %s: %w (run `del id` once to create it)", home, err)
 	}
 	trace("identity loaded")
-	return &directDialer{ident: ident, lookup: gitConfigAddress}, nil
+	return ident, nil
 }
 
 // connect opens the git channel, sends the session request and pipes git's
