@@ -250,16 +250,32 @@ func uploadPack(ctx context.Context, repo *Repo, pr *Reader, w *bufio.Writer) er
 	if _, err := pr.Buffered().Peek(1); err != nil {
 		return nil // the client hung up after the shallow list
 	}
-	pack, err := startPack(ctx, repo, req, sh)
-	if err != nil {
-		return err
+	// pack-objects starts while the haves are answered: forking and
+	// exec'ing it takes milliseconds the ACKs need not wait for.
+	type packOrErr struct {
+		p   *packRun
+		err error
 	}
-	defer pack.abort()
+	started := make(chan packOrErr, 1)
+	go func() {
+		p, err := startPack(ctx, repo, req, sh)
+		started <- packOrErr{p, err}
+	}()
+	defer func() {
+		if s, ok := <-started; ok && s.p != nil {
+			s.p.abort()
+		}
+	}()
 	if err := n.run(pr, w); err != nil {
 		return err
 	}
 	trace("upload-pack: negotiated, %d common", len(n.haves))
-	return pack.send(req, sh, n.haves, w)
+	s := <-started
+	close(started)
+	if s.err != nil {
+		return s.err
+	}
+	return s.p.send(req, sh, n.haves, w)
 }
 
 // shallowPlan is the shallow update of one fetch.
