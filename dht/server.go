@@ -19,14 +19,14 @@ func (n *Node) serveLocked(m *wire.Message, from netip.AddrPort, src *source, no
 		r.SeenAddr = from.Addr()
 		n.replyLocked(&r, nil, from, src)
 	case wire.Find:
-		r := n.nodesReply(m, m.Target, from)
+		r := n.nodesReply(m, m.Target, from, now)
 		n.replyLocked(&r, nil, from, src)
 	case wire.Get:
 		if m.Hash.IsZero() {
 			n.errorLocked(m, from, wire.CodeNonAuthoritative, "Get_values with no info_hash")
 			return
 		}
-		r := n.nodesReply(m, m.Hash, from)
+		r := n.nodesReply(m, m.Hash, from, now)
 		vals := n.st.get(m.Hash, m.Query, now)
 		var parts [][]byte
 		if len(vals) > 0 {
@@ -68,9 +68,9 @@ func (n *Node) serveLocked(m *wire.Message, from netip.AddrPort, src *source, no
 	}
 }
 
-// nodesReply builds a find/get reply: the closest nodes of the wanted
+// nodesReply builds a find/get reply: the closest good nodes of the wanted
 // families and a token for the requester (sendNodesValues).
-func (n *Node) nodesReply(m *wire.Message, target wire.ID, from netip.AddrPort) wire.Message {
+func (n *Node) nodesReply(m *wire.Message, target wire.ID, from netip.AddrPort, now time.Time) wire.Message {
 	r := n.base(wire.KindReply, m.TID)
 	r.SeenAddr = from.Addr()
 	v4, v6, ok := m.WantFamilies()
@@ -78,10 +78,10 @@ func (n *Node) nodesReply(m *wire.Message, target wire.ID, from netip.AddrPort) 
 		v4, v6 = from.Addr().Is4(), !from.Addr().Is4()
 	}
 	if v4 {
-		r.Nodes4 = peersToNodes(n.tab.closest(target, BucketSize, 4))
+		r.Nodes4 = peersToNodes(n.tab.closestGood(target, BucketSize, 4, now))
 	}
 	if v6 {
-		r.Nodes6 = peersToNodes(n.tab.closest(target, BucketSize, 6))
+		r.Nodes6 = peersToNodes(n.tab.closestGood(target, BucketSize, 6, now))
 	}
 	r.Token = n.tok.make(from)
 	return r
@@ -133,9 +133,9 @@ func (n *Node) errorLocked(m *wire.Message, to netip.AddrPort, code uint16, msg 
 
 // tooFar reports whether at least k known nodes are closer to h than we
 // are, in which case a put is acked but not stored (dht.cpp:2461-2470).
-func (n *Node) tooFar(h wire.ID) bool {
+func (n *Node) tooFar(h wire.ID, now time.Time) bool {
 	c := 0
-	for _, p := range n.tab.closest(h, searchNodes, 0) {
+	for _, p := range n.tab.closestGood(h, searchNodes, 0, now) {
 		if closer(h, p.id, n.self) {
 			c++
 		}
@@ -165,7 +165,7 @@ func (n *Node) servePutLocked(m *wire.Message, from netip.AddrPort, src *source,
 			created = c
 		}
 	}
-	far := n.tooFar(m.Hash)
+	far := n.tooFar(m.Hash, now)
 	for _, v := range m.Values {
 		if !far && storable(m.Hash, v) && Verify(v) == nil {
 			switch n.st.put(m.Hash, v, created, from.Addr(), now) {

@@ -186,11 +186,25 @@ func (t *table) remove(id wire.ID) {
 	delete(t.byID, id)
 }
 
-// closest returns up to n usable peers sorted by distance to target. With
-// family 4 or 6 only peers of that address family are returned (0: any).
-// It keeps the n best while scanning, so a reply costs O(peers × n) cheap
-// comparisons instead of sorting the whole table.
+// closest returns up to n usable (not expired) peers sorted by distance to
+// target. With family 4 or 6 only peers of that address family are returned
+// (0: any). It keeps the n best while scanning, so a reply costs
+// O(peers × n) cheap comparisons instead of sorting the whole table.
 func (t *table) closest(target wire.ID, n int, family int) []*peer {
+	return t.closestWhere(target, n, family, nil)
+}
+
+// closestGood is closest among the good peers only (replied within 2 h,
+// heard within 10 min), as OpenDHT's findClosestNodes: what a node tells
+// others about, and what decides whether it is close enough to store. A
+// peer that only sent us queries, or that a third node named, is not
+// passed on until it has answered us, so lookups are not sent to nodes that
+// may never answer.
+func (t *table) closestGood(target wire.ID, n int, family int, now time.Time) []*peer {
+	return t.closestWhere(target, n, family, func(p *peer) bool { return p.good(now) })
+}
+
+func (t *table) closestWhere(target wire.ID, n int, family int, ok func(*peer) bool) []*peer {
 	type item struct {
 		d wire.ID
 		p *peer
@@ -200,7 +214,7 @@ func (t *table) closest(target wire.ID, n int, family int) []*peer {
 	}
 	best := make([]item, 0, n+1)
 	for _, p := range t.byID {
-		if p.expired() || !familyOK(p.addr, family) {
+		if p.expired() || !familyOK(p.addr, family) || (ok != nil && !ok(p)) {
 			continue
 		}
 		var d wire.ID

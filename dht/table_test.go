@@ -137,3 +137,29 @@ func TestClosestOrder(t *testing.T) {
 		}
 	}
 }
+
+// Only good nodes are passed on (OpenDHT's findClosestNodes): a node that
+// answered us recently, not one that only queried us, was named by a third
+// node, or went silent for more than 10 minutes.
+func TestClosestGoodOnly(t *testing.T) {
+	var self wire.ID
+	now := time.Unix(1000000, 0)
+	tab := newTable(self, now)
+	id := func(b byte) wire.ID { var x wire.ID; x[0], x[19] = 0x80, b; return x }
+	tab.insert(id(1), addrN(1), true, true, now)                      // answered
+	tab.insert(id(2), addrN(2), true, false, now)                     // only queried us
+	tab.insert(id(3), addrN(3), false, false, now)                    // named by another node
+	tab.insert(id(4), addrN(4), true, true, now.Add(-11*time.Minute)) // answered, then silent
+	got := tab.closestGood(id(0), 8, 0, now)
+	if len(got) != 1 || got[0].id != id(1) {
+		t.Fatalf("good nodes %v, want only the one that answered", got)
+	}
+	if all := tab.closest(id(0), 8, 0); len(all) != 4 {
+		t.Fatalf("closest: %d nodes, want all 4 for our own lookups", len(all))
+	}
+	// The node that queried us becomes good once it answers.
+	tab.insert(id(2), addrN(2), true, true, now)
+	if got := tab.closestGood(id(0), 8, 0, now); len(got) != 2 {
+		t.Fatalf("%d good nodes after the answer, want 2", len(got))
+	}
+}

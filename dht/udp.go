@@ -15,14 +15,23 @@ import (
 type UDPNode struct {
 	*Node
 	conn *net.UDPConn
+	raw  *rawUDP
 	stop chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
 }
 
-type udpTransport struct{ conn *net.UDPConn }
+type udpTransport struct {
+	conn *net.UDPConn
+	raw  *rawUDP // nil: the net package does the I/O
+}
 
 func (t udpTransport) Send(b []byte, to netip.AddrPort) error {
+	if t.raw != nil {
+		if err, ok := t.raw.send(b, to); ok {
+			return err
+		}
+	}
 	_, err := t.conn.WriteToUDPAddrPort(b, to)
 	return err
 }
@@ -38,12 +47,13 @@ func ListenUDP(cfg Config, addr string) (*UDPNode, error) {
 		return nil, fmt.Errorf("dht listen %s: %w", addr, err)
 	}
 	_ = conn.SetReadBuffer(1 << 20)
-	n, err := New(cfg, udpTransport{conn})
+	raw := newRawUDP(conn)
+	n, err := New(cfg, udpTransport{conn, raw})
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	u := &UDPNode{Node: n, conn: conn, stop: make(chan struct{})}
+	u := &UDPNode{Node: n, conn: conn, raw: raw, stop: make(chan struct{})}
 	u.wg.Add(2)
 	go u.readLoop()
 	go u.tickLoop()
@@ -58,6 +68,18 @@ func (u *UDPNode) Addr() netip.AddrPort {
 func (u *UDPNode) readLoop() {
 	defer u.wg.Done()
 	buf := make([]byte, 64<<10)
+	if u.raw != nil {
+		stopped := func() bool {
+			select {
+			case <-u.stop:
+				return true
+			default:
+				return false
+			}
+		}
+		u.raw.readLoop(buf, stopped, u.Node.HandlePacket)
+		return
+	}
 	for {
 		n, from, err := u.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
