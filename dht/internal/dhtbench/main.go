@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/del-share/del/dht"
@@ -34,11 +35,14 @@ type result struct {
 	found, gets              int
 	putMsgs, getMsgs         []int
 	cpuPerOp                 time.Duration
+	switchesPerOp            float64 // context switches of the node processes' threads
 	pingRTT                  []time.Duration
-	idleCPU                  time.Duration // per second, whole network
-	privPerNode              float64       // kB, median RssAnon
-	perValue                 float64       // bytes of private memory per stored copy of a value
-	replicas                 int           // stored copies (put acks)
+	coldPing                 []time.Duration // each ping to the next node in turn
+	reqRTT                   []time.Duration // the clients' requests during puts and gets
+	idleCPU                  time.Duration   // per second, whole network
+	privPerNode              float64         // kB, median RssAnon
+	perValue                 float64         // bytes of private memory per stored copy of a value
+	replicas                 int             // stored copies (put acks)
 	failed                   int
 }
 
@@ -85,6 +89,10 @@ func startNode(impl, delBin string, port int, boot string) (*exec.Cmd, error) {
 		}
 		cmd = exec.Command(delBin, args...)
 		cmd.Env = append(os.Environ(), "DEL_HOME="+os.TempDir()+"/dhtbench-nohome")
+		if dir := os.Getenv("DHTBENCH_PROFDIR"); dir != "" {
+			// A CPU profile per node, written when the node stops.
+			cmd.Env = append(cmd.Env, fmt.Sprintf("DEL_CPUPROFILE=%s/node-%d.prof", dir, port))
+		}
 	} else {
 		args := []string{"-s", "-p", strconv.Itoa(port)}
 		if boot != "" {
@@ -118,6 +126,28 @@ func procStat(pid int) (cpu time.Duration, rssAnonKB int) {
 	return cpu, rssAnonKB
 }
 
+// switches counts the context switches (voluntary and not) of every thread
+// of the node processes.
+func switches(cmds []*exec.Cmd) int {
+	total := 0
+	for _, c := range cmds {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", c.Process.Pid))
+		for _, t := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", c.Process.Pid, t.Name()))
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.HasSuffix(strings.SplitN(l, ":", 2)[0], "ctxt_switches") {
+					v, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(l, ":", 2)[1]))
+					total += v
+				}
+			}
+		}
+	}
+	return total
+}
+
 func netStats(cmds []*exec.Cmd) (cpu time.Duration, anon []int) {
 	for _, c := range cmds {
 		cc, a := procStat(c.Process.Pid)
@@ -133,11 +163,17 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 	boot := fmt.Sprintf("127.0.0.1:%d", p0)
 	var cmds []*exec.Cmd
 	defer func() {
+		// SIGTERM first, so that a node writes its CPU profile.
 		for _, c := range cmds {
-			c.Process.Kill()
+			c.Process.Signal(syscall.SIGTERM)
+		}
+		for _, c := range cmds {
+			t := time.AfterFunc(5*time.Second, func() { c.Process.Kill() })
 			c.Wait()
+			t.Stop()
 		}
 	}()
+	var addrs []netip.AddrPort
 	for i := 0; i < n; i++ {
 		port := p0
 		b := boot
@@ -151,14 +187,23 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 			return nil, err
 		}
 		cmds = append(cmds, c)
+		addrs = append(addrs, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port)))
 		if i == 0 {
 			time.Sleep(200 * time.Millisecond) // let the first node bind
 		}
 	}
+	if f := os.Getenv("DHTBENCH_PIDFILE"); f != "" {
+		// The node pids, for perf record -p.
+		var pids []string
+		for _, c := range cmds {
+			pids = append(pids, strconv.Itoa(c.Process.Pid))
+		}
+		os.WriteFile(f, []byte(strings.Join(pids, ",")+"\n"), 0o644)
+	}
 	bootAddr := netip.MustParseAddrPort(boot)
-	var clients []*dht.UDPNode
+	var clients []*tracedClient
 	for i := 0; i < 2; i++ {
-		c, err := dht.ListenUDP(dht.Config{}, "127.0.0.1:0")
+		c, err := newTracedClient(dht.Config{})
 		if err != nil {
 			return nil, err
 		}
@@ -176,8 +221,10 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 	time.Sleep(5 * time.Second)
 	idle1, _ := netStats(cmds)
 	r.idleCPU = (idle1 - idle0) / 5
-	r.pingRTT = pingRTT(bootAddr, 400)
+	r.pingRTT = pingRTT([]netip.AddrPort{bootAddr}, 400)
+	r.coldPing = pingRTT(addrs, 400)
 	cpu0, anon0 := netStats(cmds)
+	sw0 := switches(cmds)
 	slices.Sort(anon0)
 	r.privPerNode = float64(anon0[len(anon0)/2])
 	sum0 := 0
@@ -187,6 +234,8 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 
 	ctx := context.Background()
 	a, b := clients[0], clients[1]
+	a.trace(true)
+	b.trace(true)
 	payload := make([]byte, 200)
 	for i := 0; i < ops; i++ {
 		var key wire.ID
@@ -222,6 +271,10 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 		cancel()
 	}
 	cpu1, anon1 := netStats(cmds)
+	a.trace(false)
+	b.trace(false)
+	r.reqRTT = append(a.rtts(), b.rtts()...)
+	r.switchesPerOp = float64(switches(cmds)-sw0) / float64(2*ops)
 	sum1 := 0
 	for _, a := range anon1 {
 		sum1 += a
@@ -255,8 +308,10 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 	return r, nil
 }
 
-// pingRTT sends pings from a plain UDP socket to one node, one at a time.
-func pingRTT(to netip.AddrPort, count int) []time.Duration {
+// pingRTT sends pings from a plain UDP socket, one at a time, to each
+// address of to in turn: with one address it times a node that is busy
+// answering, with all of them a node that has been idle for a while.
+func pingRTT(tos []netip.AddrPort, count int) []time.Duration {
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return nil
@@ -268,7 +323,7 @@ func pingRTT(to netip.AddrPort, count int) []time.Duration {
 	for i := 0; i < count; i++ {
 		m := wire.Message{Kind: wire.KindQuery, Method: wire.Ping, TID: uint32(i + 1), UA: wire.UserAgent, ID: id}
 		t0 := time.Now()
-		c.WriteToUDPAddrPort(m.Marshal(), to)
+		c.WriteToUDPAddrPort(m.Marshal(), tos[i%len(tos)])
 		c.SetReadDeadline(time.Now().Add(time.Second))
 		for {
 			n, _, err := c.ReadFromUDPAddrPort(buf)
@@ -324,6 +379,17 @@ func report(rs []*result, ops int) {
 		}
 	}
 	row("ping RTT ms (median / p90 / p99)", lat(func(r *result) []time.Duration { return r.pingRTT }))
+	row("ping RTT, each node in turn", lat(func(r *result) []time.Duration { return r.coldPing }))
+	row("request→answer ms in puts/gets", lat(func(r *result) []time.Duration { return r.reqRTT }))
+	row("requests answered after > 100 ms", func(r *result) string {
+		c := 0
+		for _, d := range r.reqRTT {
+			if d > 100*time.Millisecond {
+				c++
+			}
+		}
+		return fmt.Sprintf("%d/%d", c, len(r.reqRTT))
+	})
 	row("put ms (median / p90 / p99)", lat(func(r *result) []time.Duration { return r.put }))
 	row("get ms (median / p90 / p99)", lat(func(r *result) []time.Duration { return r.get }))
 	row("listen: put→event ms", lat(func(r *result) []time.Duration { return r.lstn }))
@@ -333,6 +399,7 @@ func report(rs []*result, ops int) {
 	row("messages per get (median)", func(r *result) string { return medInt(r.getMsgs) })
 	row("idle network CPU, ms per s", func(r *result) string { return fmt.Sprintf("%.0f", float64(r.idleCPU.Microseconds())/1000) })
 	row("network CPU per op, ms", func(r *result) string { return fmt.Sprintf("%.2f", float64(r.cpuPerOp.Microseconds())/1000) })
+	row("context switches per op", func(r *result) string { return fmt.Sprintf("%.0f", r.switchesPerOp) })
 	row("private memory per node (RssAnon)", func(r *result) string { return fmt.Sprintf("%.1f MB", r.privPerNode/1024) })
 	row("copies stored per put (mean)", func(r *result) string { return fmt.Sprintf("%.1f", float64(r.replicas)/float64(ops)) })
 	row("private memory growth per copy", func(r *result) string { return fmt.Sprintf("%.0f B", r.perValue) })
