@@ -34,6 +34,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +42,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -174,6 +176,10 @@ func run(ctx context.Context, url string, in io.Reader, out io.Writer, dialer Di
 				if res.err != nil {
 					return res.err
 				}
+				if res.daemon != nil {
+					early.stream = nil // session owns it now
+					return session(ctx, res.daemon, t, service, br, out)
+				}
 				early.link = nil // connect owns it now
 				return connect(ctx, linkDialer{res.link}, t, service, br, out)
 			}
@@ -193,13 +199,18 @@ type earlyDial struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	res    earlyResult
-	link   *peer.Link // closed by discard unless taken
+	// closed by discard unless taken
+	link   *peer.Link
+	stream io.ReadWriteCloser
 }
 
 type earlyResult struct {
 	link *peer.Link
-	err  error
-	// byID: no address is known; `del git connect` must find the peer.
+	// daemon is a channel opened by the device's daemon (by id).
+	daemon io.ReadWriteCloser
+	err    error
+	// byID: no address is known and no daemon runs; `del git connect`
+	// must find the peer.
 	byID bool
 }
 
@@ -209,7 +220,7 @@ func startEarlyDial(ctx context.Context, t Target) *earlyDial {
 	go func() {
 		defer close(e.done)
 		e.res = dialNow(ctx, t)
-		e.link = e.res.link
+		e.link, e.stream = e.res.link, e.res.daemon
 	}()
 	return e
 }
@@ -218,7 +229,11 @@ func dialNow(ctx context.Context, t Target) earlyResult {
 	addr := t.Addr
 	if addr == "" {
 		if addr = gitConfigAddress(t.Peer); addr == "" {
-			return earlyResult{byID: true}
+			ch, running, err := daemonChannel(ctx, t)
+			if !running {
+				return earlyResult{byID: true}
+			}
+			return earlyResult{daemon: ch, err: err}
 		}
 	}
 	type identOrErr struct {
@@ -263,6 +278,9 @@ func (e *earlyDial) discard() {
 	if e.link != nil {
 		e.link.Close()
 	}
+	if e.stream != nil {
+		e.stream.Close()
+	}
 }
 
 // linkDialer hands out a link dialed already.
@@ -298,12 +316,11 @@ func loadIdentity() (*identity.Identity, error) {
 	return ident, nil
 }
 
-// connect opens the git channel, sends the session request and pipes git's
-// bytes until the peer ends the session.
+// connect opens the git channel on a link from dialer and pipes git's
+// bytes through it.
 func connect(ctx context.Context, dialer Dialer, t Target, service string, in *bufio.Reader, out io.Writer) error {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	trace("dialing %s", t.Peer)
 	link, err := dialer.Dial(dctx, t)
 	if err != nil {
 		return err
@@ -314,6 +331,12 @@ func connect(ctx context.Context, dialer Dialer, t Target, service string, in *b
 	if err != nil {
 		return err
 	}
+	return session(ctx, ch, t, service, in, out)
+}
+
+// session sends the session request on an open channel, answers git's
+// "connect" and pipes git's bytes until the peer ends the session.
+func session(ctx context.Context, ch io.ReadWriteCloser, t Target, service string, in *bufio.Reader, out io.Writer) error {
 	defer ch.Close()
 	if _, err := ch.Write(gitp2p.AppendRequest(nil, service, t.Repo)); err != nil {
 		return fmt.Errorf("send request: %w", err)
@@ -336,7 +359,7 @@ func connect(ctx context.Context, dialer Dialer, t Target, service string, in *b
 	}()
 	// peer -> git: ends when the server closes the channel.
 	first := true
-	_, err = io.Copy(out, readerFunc(func(p []byte) (int, error) {
+	_, err := io.Copy(out, readerFunc(func(p []byte) (int, error) {
 		n, err := ch.Read(p)
 		if first && n > 0 {
 			trace("first bytes from the peer")
@@ -350,6 +373,61 @@ func connect(ctx context.Context, dialer Dialer, t Target, service string, in *b
 	}
 	return ctx.Err()
 }
+
+// daemonChannel asks the device's running daemon (`del daemon`, control
+// socket DEL_HOME/daemon.sock) to open the channel to the peer: the daemon
+// is online already and keeps its links, so a git command by id costs no
+// DHT lookup, ICE or TLS handshake when the link exists. The control
+// protocol (cmd/del/daemon.go): a JSON line {"op":"connect","to":<id>,
+// "channel":<name>}, a JSON line {"ev":"result","ok":...,"text":...}, then
+// the channel's bytes. ok false with no daemon listening.
+func daemonChannel(ctx context.Context, t Target) (io.ReadWriteCloser, bool, error) {
+	home, err := config.Home()
+	if err != nil {
+		return nil, false, nil
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", filepath.Join(home, "daemon.sock"))
+	if err != nil {
+		return nil, false, nil
+	}
+	trace("daemon connected")
+	req, _ := json.Marshal(map[string]string{"op": "connect", "to": t.Peer.String(), "channel": gitp2p.ChannelPrefix + t.Repo})
+	if _, err := c.Write(append(req, '\n')); err != nil {
+		c.Close()
+		return nil, true, fmt.Errorf("daemon: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	br := bufio.NewReader(c)
+	line, err := br.ReadBytes('\n')
+	stop()
+	var ev struct {
+		Ev   string `json:"ev"`
+		OK   bool   `json:"ok"`
+		Text string `json:"text"`
+	}
+	if err == nil {
+		err = json.Unmarshal(line, &ev)
+	}
+	if err != nil || ev.Ev != "result" {
+		c.Close()
+		return nil, true, fmt.Errorf("daemon: unexpected answer %q (%v)", line, err)
+	}
+	if !ev.OK {
+		c.Close()
+		return nil, true, errors.New(ev.Text)
+	}
+	return &daemonStream{Reader: br, UnixConn: c.(*net.UnixConn)}, true, nil
+}
+
+// daemonStream reads what the daemon's answer left buffered, then the
+// socket.
+type daemonStream struct {
+	*bufio.Reader
+	*net.UnixConn
+}
+
+func (s *daemonStream) Read(p []byte) (int, error) { return s.Reader.Read(p) }
 
 type readerFunc func([]byte) (int, error)
 
