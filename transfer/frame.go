@@ -17,7 +17,7 @@
 //	                                ◀──    DECISION {accept, reason, want[...]}
 //	FILE_START {i, offset}
 //	DATA … DATA                     ──▶    written to a partial file
-//	FILE_END {i, size, hash}        ──▶    hash verified, renamed into place
+//	FILE_END {i, size, sum[, hash]} ──▶    sum verified, renamed into place
 //	                                ◀──    RESULT {i, ok, err}
 //	… one FILE_START..FILE_END per file the receiver asked for …
 //	DONE                            ──▶
@@ -25,22 +25,23 @@
 //
 // Either side may send ERROR {msg} and stop. The sender closes only after the
 // receiver's SUMMARY, so a relay that drops the tail of a closing connection
-// loses nothing. Content hashes are BLAKE3-256. A file whose partial copy
-// survived an earlier, interrupted run resumes: DECISION names the partial's
-// length and the hash of that prefix, the sender checks the prefix against its
-// own file and continues from there, or from zero if it differs.
+// loses nothing. A file whose partial copy survived an earlier, interrupted
+// run resumes: DECISION names the partial's length and the content hash of
+// that prefix, the sender checks the prefix against its own file and
+// continues from there, or from zero if it differs.
 //
-// # Hashes that come late
+// # Content hashes and transit sums (hash.go)
 //
-// A sender need not hash its files before offering them: an offered file
-// with a size and no hash gets its hash in FILE_END, computed while its data
-// is read for sending, so the first byte leaves at once instead of after a
-// pass over everything (the sender's hash cache supplies the hashes of files
-// it has hashed before). The receiver needs a hash up front only to tell
-// whether a file it already holds, with the same size, has the same content;
-// it asks for exactly those with HASH_REQUEST, once, before its DECISION.
-// Partial copies of such files are named after their size and modification
-// time, and a resume is checked as always, through the prefix hash.
+// The content hash (two-level BLAKE3) names a file's content; the transit sum
+// (XXH3-128 of the bytes sent for a file, in FILE_END) checks every byte
+// moved. A sender need not hash its files before offering them: a file
+// offered with a size and no content hash starts flowing at once (the
+// sender's hash cache supplies the hashes of files it has hashed before). The
+// receiver needs a content hash only to tell whether a file it already
+// holds, with the same size, has the same content; it asks for exactly those
+// with HASH_REQUEST, once, before its DECISION. Partial copies are named
+// after the content hash when the offer has it, else after size and
+// modification time; a resume is checked through the prefix hash either way.
 package transfer
 
 import (

@@ -11,9 +11,20 @@ import (
 	"sync"
 
 	"github.com/zeebo/blake3"
+	"github.com/zeebo/xxh3"
 )
 
-// Content hashes.
+// transitSum is the XXH3-128 of the bytes moved for one file.
+type transitSum struct{ h *xxh3.Hasher128 }
+
+func newTransitSum() transitSum { return transitSum{xxh3.New128()} }
+
+// Write never fails.
+func (t transitSum) Write(p []byte) (int, error) { return t.h.Write(p) }
+
+func (t transitSum) hex() string { return hex.EncodeToString(t.h.Sum(nil)) }
+
+// Content hashes and transit sums.
 //
 // A file's content hash is a two-level BLAKE3-256: the file is cut into
 // BlockSize blocks, each block is hashed, and the content hash is
@@ -25,6 +36,23 @@ import (
 // it again (a prefix of whole blocks has its own hash of the same form, which
 // is what resume compares), and keep the sender's memory at 32 bytes per
 // block.
+
+// The content hash names a file's content: it decides whether a file the
+// receiver holds is the one offered, and whether a partial copy can be
+// resumed. It is computed when one of those questions is asked (and cached
+// by the sender), not for every byte moved.
+//
+// Every byte moved is checked instead by a transit sum: XXH3-128 of the bytes
+// of one file sent in one transfer (from its FILE_START offset to its end),
+// computed by the sender as it reads them and by the receiver as it writes
+// them, compared when FILE_END arrives; a file whose sums differ is not
+// promoted. The link itself is TLS 1.3 (authenticated encryption), so the
+// sum is not there against an attacker, who could not change a byte on the
+// way, but against everything between the sender's read and the receiver's
+// write — framing, buffering, reordering mistakes. XXH3 does that at ~30 GB/s
+// where BLAKE3 manages ~3 GB/s here: on a 2-core machine a BLAKE3 pass on
+// each side cost a third of the throughput. (rsync made the same choice,
+// xxh128, for its whole-file transfer checksum.)
 
 // BlockSize is the block of the content hash.
 const BlockSize = 4 << 20

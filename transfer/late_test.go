@@ -56,11 +56,24 @@ func TestLateHashTree(t *testing.T) {
 	if left := partials(t, out); len(left) > 0 {
 		t.Fatalf("partial files left: %v", left)
 	}
-	// Hashed while sent, the files are in the cache now: the next offer
-	// carries their hashes, the same the receiver computed.
-	if cache.puts != 3 {
-		t.Fatalf("%d files cached after the send, want 3", cache.puts)
+	// Moving files computes no content hash (the transit sum checks the
+	// bytes): nothing entered the cache.
+	if cache.puts != 0 {
+		t.Fatalf("%d files cached by a plain send", cache.puts)
 	}
+
+	// Sending again: the receiver asks for the hashes of the files it
+	// already has (same sizes), the sender hashes them (and caches them),
+	// and nothing moves.
+	send, recv = run(t, scanLate(t, cache, tree), ReceiveOptions{Dir: out, Decide: accept}, nil)
+	if send.err != nil || recv.err != nil {
+		t.Fatalf("second send: %v, %v", send.err, recv.err)
+	}
+	if recv.rep.Skipped != 3 || send.rep.Bytes != 0 || cache.puts != 3 {
+		t.Fatalf("second send skipped %d files, moved %d bytes, cached %d; want 3, 0, 3", recv.rep.Skipped, send.rep.Bytes, cache.puts)
+	}
+	// The next offer carries the cached hashes, which are the content
+	// hashes of what the receiver holds.
 	again := scanLate(t, cache, tree)
 	for _, e := range again.Entries {
 		if e.Kind != KindFile {
@@ -71,15 +84,9 @@ func TestLateHashTree(t *testing.T) {
 			t.Fatalf("%s: cached hash %q, content hash %q", e.Path, e.Hash, contentHash(data))
 		}
 	}
-
-	// Without a cache, the receiver asks for the hashes of the files it
-	// already has, and nothing moves.
-	send, recv = run(t, scanLate(t, nil, tree), ReceiveOptions{Dir: out, Decide: accept}, nil)
-	if send.err != nil || recv.err != nil {
-		t.Fatalf("second send: %v, %v", send.err, recv.err)
-	}
-	if recv.rep.Skipped != 3 || send.rep.Bytes != 0 {
-		t.Fatalf("second send skipped %d files and moved %d bytes, want 3 and 0", recv.rep.Skipped, send.rep.Bytes)
+	send, recv = run(t, again, ReceiveOptions{Dir: out, Decide: accept}, nil)
+	if send.err != nil || recv.err != nil || recv.rep.Skipped != 3 || send.rep.Bytes != 0 {
+		t.Fatalf("third send: %v, %v, skipped %d, moved %d", send.err, recv.err, recv.rep.Skipped, send.rep.Bytes)
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 )
 
 // Version is the protocol version carried in every OFFER.
-const Version = 2
+const Version = 3
 
 // Kind is what an entry of an offer is.
 type Kind string
@@ -37,8 +37,8 @@ type Entry struct {
 	// MTime is the modification time in Unix nanoseconds, 0 if unknown.
 	MTime int64 `json:"mtime,omitempty"`
 	// Hash is the content hash in hex (see hash.go); empty for a stream,
-	// and for a file the sender has not hashed yet: their hash comes in
-	// FILE_END (or in HASHES, when the receiver asks).
+	// and for a file the sender has not hashed (it comes in HASHES if the
+	// receiver needs it to decide).
 	Hash string `json:"hash,omitempty"`
 	// Target is a symlink's target, relative and inside the offered tree.
 	Target string `json:"target,omitempty"`
@@ -95,11 +95,14 @@ type FileStart struct {
 	Offset int64 `json:"offset"`
 }
 
-// FileEnd closes file I: its total size and content hash.
+// FileEnd closes file I: its total size, the transit sum (XXH3-128, hex) of
+// the bytes sent for it from FILE_START's offset, and its content hash when
+// the sender knows it.
 type FileEnd struct {
 	I    int    `json:"i"`
 	Size int64  `json:"size"`
-	Hash string `json:"hash"`
+	Hash string `json:"hash,omitempty"`
+	Sum  string `json:"sum"`
 }
 
 // Result is the receiver's verdict on file I.

@@ -495,7 +495,7 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 	cur := -1
 	var f *os.File
 	var written int64
-	var streamHash *blockHasher
+	var sum transitSum
 	var out *sink
 	defer func() {
 		if out != nil {
@@ -562,10 +562,7 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			}
 			cur, st.started, written = fs.I, true, fs.Offset
 			e := &r.entries[cur]
-			streamHash = nil
-			if e.IsStream() || r.opts.Stdout != nil {
-				streamHash = newBlockHasher()
-			}
+			sum = newTransitSum()
 			var dst io.Writer = r.opts.Stdout
 			if r.opts.Stdout == nil {
 				if f, err = r.openPartial(st, fs.Offset); err != nil {
@@ -573,11 +570,7 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 				}
 				dst = f
 			}
-			var h io.Writer = st.h
-			if streamHash != nil {
-				h = streamHash
-			}
-			out = newSink(dst, h, free, e.Path)
+			out = newSink(dst, sum, free, e.Path)
 			rep.Resumed += fs.Offset
 			r.pr.FileBegin(e.Path, e.Size, fs.Offset)
 		case FrameFileEnd:
@@ -595,22 +588,14 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			if werr != nil {
 				return r.fail(werr)
 			}
-			var sum string
-			if streamHash != nil {
-				sum = streamHash.Sum()
-			} else {
-				sum = st.h.Sum()
-			}
-			want := e.Hash
-			if want == "" { // a stream, or a file offered without its hash
-				want = fe.Hash
-			}
 			var ferr error
 			switch {
 			case fe.Size != written || (e.Size >= 0 && written != e.Size):
 				ferr = fmt.Errorf("size %d, expected %d", written, max(e.Size, fe.Size))
-			case sum != want:
-				ferr = errors.New("content hash mismatch: the data was corrupted on the way")
+			case fe.Sum != sum.hex():
+				ferr = errors.New("transit hash mismatch (XXH3-128): the data was corrupted on the way")
+			case fe.Hash != "" && e.Hash != "" && fe.Hash != e.Hash:
+				ferr = errors.New("the sender ended the file with another content hash than it offered")
 			}
 			if f != nil {
 				ferr = r.promote(f, e, st, ferr)

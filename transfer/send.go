@@ -9,8 +9,6 @@ import (
 	"os"
 	"sync"
 	"time"
-
-	"github.com/zeebo/blake3"
 )
 
 // ErrDeclined is returned (wrapped) when the receiver refuses the offer.
@@ -314,51 +312,16 @@ func (s *sender) sendFile(ctx context.Context, w Want, rep *Report) error {
 	var r io.Reader
 	var f *os.File
 	offset := int64(0)
-	// A stream, or a file offered without its hash, is hashed as it is
-	// read for sending; h may start with the digests of a resumed prefix.
-	var h *blockHasher
-	late := e.lateHash()
-	lateSum := "" // a late file that was all there already
 	if e.IsStream() {
 		r = s.src.stream
-		h = newBlockHasher()
 	} else {
 		var err error
 		if f, err = os.Open(s.src.local[w.I]); err != nil {
 			return err
 		}
 		defer f.Close()
-		// Resume only if the receiver's prefix is ours: compared through
-		// the block digests, without reading the prefix again when they
-		// are known.
-		k := w.Offset / BlockSize
-		switch {
-		case w.Offset <= 0 || w.Offset > e.Size || (w.Offset != e.Size && w.Offset%BlockSize != 0):
-		case late:
-			ds, err := hashBlocks(ctx, f, w.Offset)
-			if err != nil {
-				return err
-			}
-			ph := prefixHash(ds)
-			if w.Offset%BlockSize != 0 {
-				r := rootOf(ds, w.Offset)
-				ph = hex.EncodeToString(r[:])
-			}
-			if ph == w.Prefix {
-				offset = w.Offset
-				if offset%BlockSize == 0 {
-					h = &blockHasher{cur: blake3.New(), blocks: ds, size: offset}
-				} else {
-					lateSum = ph
-				}
-			}
-		case w.Offset == e.Size && w.Prefix == e.Hash:
-			offset = w.Offset
-		case int(k) <= len(s.src.blocks[w.I]) && prefixHash(s.src.blocks[w.I][:k]) == w.Prefix:
-			offset = w.Offset
-		}
-		if late && h == nil && lateSum == "" {
-			h = newBlockHasher()
+		if offset, err = s.resumeAt(ctx, f, w); err != nil {
+			return err
 		}
 		if _, err := f.Seek(offset, io.SeekStart); err != nil {
 			return err
@@ -371,14 +334,11 @@ func (s *sender) sendFile(ctx context.Context, w Want, rep *Report) error {
 	rep.Resumed += offset
 	s.pr.FileBegin(e.Path, e.Size, offset)
 
+	// Every byte that leaves is summed (see transitSum) as it is read.
+	sum := newTransitSum()
 	sent := offset
-	var hw io.Writer // not h itself: a nil *Hasher in an interface is not nil
-	if h != nil {
-		hw = h
-	}
-	chunks, stop := prefetch(r, hw)
+	chunks, stop := prefetch(r, sum)
 	defer stop()
-	// The stream's hash (h) is complete once chunks is closed.
 	for c := range chunks {
 		n := c.n
 		if n > 0 {
@@ -407,16 +367,14 @@ func (s *sender) sendFile(ctx context.Context, w Want, rep *Report) error {
 			return err
 		}
 	}
-	end := FileEnd{I: w.I, Size: sent, Hash: e.Hash}
-	if !e.IsStream() && sent != e.Size {
-		return fmt.Errorf("%s shrank while being sent (%d of %d bytes)", e.Path, sent, e.Size)
-	}
-	switch {
-	case e.IsStream():
-		end.Hash = h.Sum()
-	case late:
-		// What was read is what was hashed; make sure it is the file
-		// that was offered, not one changed in the middle of the read.
+	// The sum is complete once chunks is closed.
+	end := FileEnd{I: w.I, Size: sent, Hash: e.Hash, Sum: sum.hex()}
+	if !e.IsStream() {
+		if sent != e.Size {
+			return fmt.Errorf("%s shrank while being sent (%d of %d bytes)", e.Path, sent, e.Size)
+		}
+		// What was read is what was summed; make sure it is the file that
+		// was offered, not one changed in the middle of the read.
 		st, err := f.Stat()
 		if err != nil {
 			return err
@@ -424,14 +382,40 @@ func (s *sender) sendFile(ctx context.Context, w Want, rep *Report) error {
 		if st.Size() != e.Size || st.ModTime().UnixNano() != e.MTime {
 			return fmt.Errorf("%s changed while being sent", s.src.local[w.I])
 		}
-		if end.Hash = lateSum; h != nil {
-			end.Hash = h.Sum()
-			if key := s.src.cacheKey(w.I, st); key != "" {
-				s.src.opts.Cache.Put(key, h.digests())
-			}
-		}
 	}
 	return s.writeMsg(FrameFileEnd, end)
+}
+
+// resumeAt returns where file w.I starts: at the receiver's offset if the
+// prefix it holds is ours, else 0. The prefix is compared through its
+// content hash — from the block digests when the sender has them, else by
+// hashing that much of the file.
+func (s *sender) resumeAt(ctx context.Context, f *os.File, w Want) (int64, error) {
+	e := &s.src.Entries[w.I]
+	if w.Offset <= 0 || w.Offset > e.Size || (w.Offset != e.Size && w.Offset%BlockSize != 0) {
+		return 0, nil
+	}
+	ds := s.src.blocks[w.I]
+	if ds == nil {
+		var err error
+		if ds, err = hashBlocks(ctx, f, w.Offset); err != nil {
+			return 0, err
+		}
+	}
+	var ph string
+	switch k := w.Offset / BlockSize; {
+	case w.Offset == e.Size && e.Hash != "":
+		ph = e.Hash
+	case w.Offset%BlockSize != 0: // the whole file, hashed just now
+		r := rootOf(ds, w.Offset)
+		ph = hex.EncodeToString(r[:])
+	case int(k) <= len(ds):
+		ph = prefixHash(ds[:k])
+	}
+	if ph != "" && ph == w.Prefix {
+		return w.Offset, nil
+	}
+	return 0, nil
 }
 
 // abort unblocks every pending read and write on conn: through an expired
