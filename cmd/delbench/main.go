@@ -185,13 +185,6 @@ func benchTransfer(args []string) error {
 			return runPair(self, []string{"copy-recv", "--tls", "--out", out}, self, []string{"copy-send", "--tls", "--addr", "%s", src}, nil, nil)
 		}},
 		{"del send/receive", func(out string) (sample, error) {
-			// A first send: the sender hashes the file before its offer.
-			os.RemoveAll(filepath.Join(homes[1], "hashcache"))
-			return runPair(*del, []string{"receive", "--listen", "127.0.0.1:0", "--yes", "--quiet", "--dir", out}, *del, []string{"send", "--quiet", "%s", src},
-				[]string{"DEL_HOME=" + homes[0]}, []string{"DEL_HOME=" + homes[1]})
-		}},
-		{"del re-send (cached)", func(out string) (sample, error) {
-			// The same file again: its hash comes from the sender's cache.
 			return runPair(*del, []string{"receive", "--listen", "127.0.0.1:0", "--yes", "--quiet", "--dir", out}, *del, []string{"send", "--quiet", "%s", src},
 				[]string{"DEL_HOME=" + homes[0]}, []string{"DEL_HOME=" + homes[1]})
 		}},
@@ -249,7 +242,7 @@ func benchTransfer(args []string) error {
 		sort.Float64s(rs)
 		return rs[len(rs)/2], true
 	}
-	for _, pair := range [][2]string{{"del send/receive", "bare TLS 1.3 copy"}, {"del re-send (cached)", "bare TLS 1.3 copy"}, {"del send/receive", "croc --no-compress"}} {
+	for _, pair := range [][2]string{{"del send/receive", "bare TLS 1.3 copy"}, {"del send/receive", "plain TCP copy"}, {"del send/receive", "croc --no-compress"}} {
 		if r, ok := runRatio(pair[0], pair[1]); ok {
 			fmt.Printf("run-by-run median ratio %s / %s: %5.2fx (throughput)\n", pair[0], pair[1], r)
 		}
