@@ -138,7 +138,7 @@ func runDemo(ctx context.Context, out io.Writer, size int64, keep bool) error {
 		return fmt.Errorf("received tree differs: %w", err)
 	}
 	step("verified: the received tree is identical (content, modes, empty folders)")
-	step("throughput: %s in %s end to end, %s/s (DHT lookup, signaling, ICE, TLS 1.3, offer, hashing, transfer, confirmation)",
+	step("throughput: %s in %s end to end, %s/s (DHT lookup, signaling, ICE, TLS 1.3, offer, transfer, confirmation)",
 		transfer.FormatBytes(total), elapsed.Round(time.Millisecond), transfer.FormatBytes(int64(float64(total)/elapsed.Seconds())))
 
 	// 2. Through the relay: bob is reachable only at a relayed address.
