@@ -331,8 +331,9 @@ func TestListRoundTrip(t *testing.T) {
 	}
 }
 
-// TestReadRefsCache: the cached listing follows every kind of ref change.
-func TestReadRefsCache(t *testing.T) {
+// TestReadRefsFollowsChanges: the listing, read from the repository's
+// files, follows every kind of ref change.
+func TestReadRefsFollowsChanges(t *testing.T) {
 	dir, head := testRepo(t)
 	repo, err := OpenRepo(context.Background(), dir)
 	if err != nil {

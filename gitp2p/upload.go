@@ -465,7 +465,7 @@ func (n *negotiator) okToGiveUp() (bool, error) {
 }
 
 func (n *negotiator) run(pr *Reader, w *bufio.Writer) error {
-	var gotCommon, gotOther, sentReady bool
+	var gotCommon, gotOther, sentReady, tracedHave bool
 	last := ""
 	for {
 		line, kind, err := pr.Line()
@@ -500,8 +500,9 @@ func (n *negotiator) run(pr *Reader, w *bufio.Writer) error {
 			continue
 		}
 		if arg, ok := strings.CutPrefix(line, "have "); ok {
-			if len(n.haves) == 0 && !gotOther {
-				trace("upload-pack: have %s", arg)
+			if !tracedHave {
+				trace("upload-pack: first have %s", arg)
+				tracedHave = true
 			}
 			if !isHex40(arg) {
 				return protoErr("expected SHA1 object, got %q", arg)
