@@ -23,7 +23,8 @@ type realClock struct{}
 func (realClock) Now() time.Time { return time.Now() }
 
 // Transport sends datagrams for a node. The UDP transport is in udp.go; the
-// simulation supplies a virtual one.
+// simulation supplies a virtual one. Send must not keep b after it returns:
+// the node encodes its replies into one buffer it reuses.
 type Transport interface {
 	Send(b []byte, to netip.AddrPort) error
 }
@@ -124,6 +125,12 @@ type Node struct {
 	stats     Stats
 
 	wake chan struct{} // signalled when Tick has work sooner than NextTick said
+
+	// Scratch space of the reply path, reused so that answering a request
+	// allocates little (fresh heap pages cost page faults).
+	out            []byte
+	peerBuf        []*peer
+	nodes4, nodes6 []wire.Node
 }
 
 // New makes a node that sends through tr. Feed it datagrams with

@@ -110,7 +110,7 @@ func TestGoPutGetListen(t *testing.T) {
 
 func TestIgnoresOwnIDAndOtherNetwork(t *testing.T) {
 	var sent [][]byte
-	tr := transportFunc(func(b []byte, to netip.AddrPort) error { sent = append(sent, b); return nil })
+	tr := transportFunc(func(b []byte, to netip.AddrPort) error { sent = append(sent, append([]byte(nil), b...)); return nil })
 	n, err := New(Config{Network: 7}, tr)
 	if err != nil {
 		t.Fatal(err)

@@ -77,14 +77,27 @@ func (n *Node) nodesReply(m *wire.Message, target wire.ID, from netip.AddrPort, 
 	if !ok {
 		v4, v6 = from.Addr().Is4(), !from.Addr().Is4()
 	}
+	// The node lists live in scratch space of the node, reused by the
+	// next reply (the reply is encoded and sent before that).
 	if v4 {
-		r.Nodes4 = peersToNodes(n.tab.closestGood(target, BucketSize, 4, now))
+		n.peerBuf = n.tab.closestGoodAppend(n.peerBuf[:0], target, BucketSize, 4, now)
+		n.nodes4 = appendNodes(n.nodes4[:0], n.peerBuf)
+		r.Nodes4 = n.nodes4
 	}
 	if v6 {
-		r.Nodes6 = peersToNodes(n.tab.closestGood(target, BucketSize, 6, now))
+		n.peerBuf = n.tab.closestGoodAppend(n.peerBuf[:0], target, BucketSize, 6, now)
+		n.nodes6 = appendNodes(n.nodes6[:0], n.peerBuf)
+		r.Nodes6 = n.nodes6
 	}
 	r.Token = n.tok.make(from)
 	return r
+}
+
+func appendNodes(dst []wire.Node, ps []*peer) []wire.Node {
+	for _, p := range ps {
+		dst = append(dst, wire.Node{ID: p.id, Addr: p.addr})
+	}
+	return dst
 }
 
 func peersToNodes(ps []*peer) []wire.Node {
@@ -101,7 +114,10 @@ func peersToNodes(ps []*peer) []wire.Node {
 // is not counted): over it, values are left out, and if even that is too
 // much, nothing is sent.
 func (n *Node) replyLocked(r *wire.Message, parts [][]byte, to netip.AddrPort, src *source) {
-	b := r.Marshal()
+	// Replies are encoded into one buffer the node reuses: the datagram is
+	// copied by the kernel when sent, and a reply is never retransmitted.
+	b := r.Append(n.out[:0])
+	n.out = b
 	size := len(b)
 	for _, p := range wire.AppendParts(r.TID, n.cfg.Network, parts) {
 		size += len(p)
@@ -112,7 +128,8 @@ func (n *Node) replyLocked(r *wire.Message, parts [][]byte, to netip.AddrPort, s
 			return
 		}
 		r.Values, r.ValueSizes, r.Fields, parts = nil, nil, nil, nil
-		b = r.Marshal()
+		b = r.Append(n.out[:0])
+		n.out = b
 		if len(b) > src.allowance() {
 			return
 		}
@@ -128,14 +145,16 @@ func (n *Node) replyLocked(r *wire.Message, parts [][]byte, to netip.AddrPort, s
 func (n *Node) errorLocked(m *wire.Message, to netip.AddrPort, code uint16, msg string) {
 	e := n.base(wire.KindError, m.TID)
 	e.ErrCode, e.ErrMsg = code, msg
-	n.sendLocked(e.Marshal(), to)
+	n.out = e.Append(n.out[:0])
+	n.sendLocked(n.out, to)
 }
 
 // tooFar reports whether at least k known nodes are closer to h than we
 // are, in which case a put is acked but not stored (dht.cpp:2461-2470).
 func (n *Node) tooFar(h wire.ID, now time.Time) bool {
 	c := 0
-	for _, p := range n.tab.closestGood(h, searchNodes, 0, now) {
+	n.peerBuf = n.tab.closestGoodAppend(n.peerBuf[:0], h, searchNodes, 0, now)
+	for _, p := range n.peerBuf {
 		if closer(h, p.id, n.self) {
 			c++
 		}

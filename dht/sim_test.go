@@ -61,7 +61,7 @@ type simTransport struct {
 }
 
 func (t simTransport) Send(b []byte, to netip.AddrPort) error {
-	t.net.queue = append(t.net.queue, simPkt{b, t.self, to})
+	t.net.queue = append(t.net.queue, simPkt{append([]byte(nil), b...), t.self, to})
 	t.net.busy[t.self] = true // a node that sends may have requests to retry
 	return nil
 }

@@ -117,17 +117,23 @@ func (t *table) insert(id wire.ID, addr netip.AddrPort, confirmed, replied bool,
 		}
 		return p
 	}
-	p := &peer{id: id, addr: addr, confirmed: confirmed}
-	if confirmed {
-		p.heard = now
-		if replied {
-			p.replied = now
+	// The peer is allocated only once it has a place: a newcomer dropped
+	// by a full bucket (the common case in a big network) costs nothing.
+	newPeer := func() *peer {
+		p := &peer{id: id, addr: addr, confirmed: confirmed}
+		if confirmed {
+			p.heard = now
+			if replied {
+				p.replied = now
+			}
 		}
+		return p
 	}
 	for {
 		i := t.bucketIndex(id)
 		b := t.buckets[i]
 		if len(b.peers) < BucketSize {
+			p := newPeer()
 			b.peers = append(b.peers, p)
 			b.changed = now
 			t.byID[id] = p
@@ -151,6 +157,7 @@ func (t *table) insert(id wire.ID, addr netip.AddrPort, confirmed, replied bool,
 			return nil
 		}
 		delete(t.byID, b.peers[worst].id)
+		p := newPeer()
 		b.peers[worst] = p
 		b.changed = now
 		t.byID[id] = p
@@ -191,7 +198,7 @@ func (t *table) remove(id wire.ID) {
 // (0: any). It keeps the n best while scanning, so a reply costs
 // O(peers × n) cheap comparisons instead of sorting the whole table.
 func (t *table) closest(target wire.ID, n int, family int) []*peer {
-	return t.closestWhere(target, n, family, nil)
+	return t.closestWhere(nil, target, n, family, nil)
 }
 
 // closestGood is closest among the good peers only (replied within 2 h,
@@ -201,18 +208,27 @@ func (t *table) closest(target wire.ID, n int, family int) []*peer {
 // passed on until it has answered us, so lookups are not sent to nodes that
 // may never answer.
 func (t *table) closestGood(target wire.ID, n int, family int, now time.Time) []*peer {
-	return t.closestWhere(target, n, family, func(p *peer) bool { return p.good(now) })
+	return t.closestGoodAppend(nil, target, n, family, now)
 }
 
-func (t *table) closestWhere(target wire.ID, n int, family int, ok func(*peer) bool) []*peer {
+// closestGoodAppend is closestGood appending to dst.
+func (t *table) closestGoodAppend(dst []*peer, target wire.ID, n int, family int, now time.Time) []*peer {
+	return t.closestWhere(dst, target, n, family, func(p *peer) bool { return p.good(now) })
+}
+
+func (t *table) closestWhere(dst []*peer, target wire.ID, n int, family int, ok func(*peer) bool) []*peer {
 	type item struct {
 		d wire.ID
 		p *peer
 	}
 	if n <= 0 {
-		return nil
+		return dst
 	}
-	best := make([]item, 0, n+1)
+	var stack [searchNodes + 1]item
+	best := stack[:0]
+	if n > searchNodes {
+		best = make([]item, 0, n+1)
+	}
 	for _, p := range t.byID {
 		if p.expired() || !familyOK(p.addr, family) || (ok != nil && !ok(p)) {
 			continue
@@ -233,11 +249,10 @@ func (t *table) closestWhere(target wire.ID, n int, family int, ok func(*peer) b
 			best = best[:n]
 		}
 	}
-	out := make([]*peer, len(best))
-	for i, it := range best {
-		out[i] = it.p
+	for _, it := range best {
+		dst = append(dst, it.p)
 	}
-	return out
+	return dst
 }
 
 func familyOK(a netip.AddrPort, family int) bool {

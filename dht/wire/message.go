@@ -333,7 +333,10 @@ func (m *Message) appendReply(b []byte) []byte {
 		b = msgp.AppendUint64(b, m.VID)
 		b = m.appendSA(b)
 	} else { // sendNodesValues, sendPong, sendListenConfirmation
-		n4, n6 := AppendNodes4(nil, m.Nodes4), AppendNodes6(nil, m.Nodes6)
+		// The compact lists are built on the stack for the usual 8 nodes.
+		var buf4 [8 * Node4Size]byte
+		var buf6 [8 * Node6Size]byte
+		n4, n6 := AppendNodes4(buf4[:0], m.Nodes4), AppendNodes6(buf6[:0], m.Nodes6)
 		n := 1 + bool2int(sa) + bool2int(len(n4) > 0) + bool2int(len(n6) > 0) + bool2int(len(m.Token) > 0) +
 			bool2int(m.hasValues() || m.Fields != nil)
 		b = msgp.AppendMapHeader(b, n)

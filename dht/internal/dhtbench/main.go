@@ -35,9 +35,12 @@ type result struct {
 	found, gets              int
 	putMsgs, getMsgs         []int
 	cpuPerOp                 time.Duration
-	switchesPerOp            float64 // context switches of the node processes' threads
+	sysPerOp                 time.Duration // the kernel's part of cpuPerOp
+	faultsPerOp              float64       // minor page faults
+	switchesPerOp            float64       // context switches of the node processes' threads
 	pingRTT                  []time.Duration
 	coldPing                 []time.Duration // each ping to the next node in turn
+	coldFind                 []time.Duration // a find to each node in turn
 	reqRTT                   []time.Duration // the clients' requests during puts and gets
 	idleCPU                  time.Duration   // per second, whole network
 	privPerNode              float64         // kB, median RssAnon
@@ -124,6 +127,24 @@ func procStat(pid int) (cpu time.Duration, rssAnonKB int) {
 		st.Close()
 	}
 	return cpu, rssAnonKB
+}
+
+// sysFaults returns the system CPU time and minor page faults of the
+// node processes.
+func sysFaults(cmds []*exec.Cmd) (sys time.Duration, faults int) {
+	for _, c := range cmds {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.Process.Pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
+		mf, _ := strconv.Atoi(f[7])
+		st, _ := strconv.Atoi(f[12])
+		faults += mf
+		sys += time.Duration(st) * time.Second / 100
+	}
+	return sys, faults
 }
 
 // switches counts the context switches (voluntary and not) of every thread
@@ -221,10 +242,12 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 	time.Sleep(5 * time.Second)
 	idle1, _ := netStats(cmds)
 	r.idleCPU = (idle1 - idle0) / 5
-	r.pingRTT = pingRTT([]netip.AddrPort{bootAddr}, 400)
-	r.coldPing = pingRTT(addrs, 400)
+	r.pingRTT = pingRTT([]netip.AddrPort{bootAddr}, 400, false)
+	r.coldPing = pingRTT(addrs, 400, false)
+	r.coldFind = pingRTT(addrs, 400, true)
 	cpu0, anon0 := netStats(cmds)
 	sw0 := switches(cmds)
+	sys0, pf0 := sysFaults(cmds)
 	slices.Sort(anon0)
 	r.privPerNode = float64(anon0[len(anon0)/2])
 	sum0 := 0
@@ -275,6 +298,9 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 	b.trace(false)
 	r.reqRTT = append(a.rtts(), b.rtts()...)
 	r.switchesPerOp = float64(switches(cmds)-sw0) / float64(2*ops)
+	sys1, pf1 := sysFaults(cmds)
+	r.sysPerOp = (sys1 - sys0) / time.Duration(2*ops)
+	r.faultsPerOp = float64(pf1-pf0) / float64(2*ops)
 	sum1 := 0
 	for _, a := range anon1 {
 		sum1 += a
@@ -311,7 +337,11 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 // pingRTT sends pings from a plain UDP socket, one at a time, to each
 // address of to in turn: with one address it times a node that is busy
 // answering, with all of them a node that has been idle for a while.
-func pingRTT(tos []netip.AddrPort, count int) []time.Duration {
+//
+// With find set it sends find requests for random targets instead of pings.
+// The pinger marks its messages as a client's, so that it stays out of the
+// nodes' routing tables.
+func pingRTT(tos []netip.AddrPort, count int, find bool) []time.Duration {
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return nil
@@ -321,7 +351,11 @@ func pingRTT(tos []netip.AddrPort, count int) []time.Duration {
 	buf := make([]byte, 2048)
 	var out []time.Duration
 	for i := 0; i < count; i++ {
-		m := wire.Message{Kind: wire.KindQuery, Method: wire.Ping, TID: uint32(i + 1), UA: wire.UserAgent, ID: id}
+		m := wire.Message{Kind: wire.KindQuery, Method: wire.Ping, TID: uint32(i + 1), UA: wire.UserAgent, ID: id, IsClient: true}
+		if find {
+			m.Method = wire.Find
+			m.Target = wire.HashKey(fmt.Sprint("target", i))
+		}
 		t0 := time.Now()
 		c.WriteToUDPAddrPort(m.Marshal(), tos[i%len(tos)])
 		c.SetReadDeadline(time.Now().Add(time.Second))
@@ -380,6 +414,7 @@ func report(rs []*result, ops int) {
 	}
 	row("ping RTT ms (median / p90 / p99)", lat(func(r *result) []time.Duration { return r.pingRTT }))
 	row("ping RTT, each node in turn", lat(func(r *result) []time.Duration { return r.coldPing }))
+	row("find RTT, each node in turn", lat(func(r *result) []time.Duration { return r.coldFind }))
 	row("request→answer ms in puts/gets", lat(func(r *result) []time.Duration { return r.reqRTT }))
 	row("requests answered after > 100 ms", func(r *result) string {
 		c := 0
@@ -399,6 +434,8 @@ func report(rs []*result, ops int) {
 	row("messages per get (median)", func(r *result) string { return medInt(r.getMsgs) })
 	row("idle network CPU, ms per s", func(r *result) string { return fmt.Sprintf("%.0f", float64(r.idleCPU.Microseconds())/1000) })
 	row("network CPU per op, ms", func(r *result) string { return fmt.Sprintf("%.2f", float64(r.cpuPerOp.Microseconds())/1000) })
+	row("  of which in the kernel", func(r *result) string { return fmt.Sprintf("%.2f", float64(r.sysPerOp.Microseconds())/1000) })
+	row("page faults per op", func(r *result) string { return fmt.Sprintf("%.1f", r.faultsPerOp) })
 	row("context switches per op", func(r *result) string { return fmt.Sprintf("%.0f", r.switchesPerOp) })
 	row("private memory per node (RssAnon)", func(r *result) string { return fmt.Sprintf("%.1f MB", r.privPerNode/1024) })
 	row("copies stored per put (mean)", func(r *result) string { return fmt.Sprintf("%.1f", float64(r.replicas)/float64(ops)) })
