@@ -7,6 +7,14 @@
 // indexed by `git index-pack`, run as subprocesses; negotiation, shallow
 // boundaries, ref checks, quarantine and access control are done here.
 //
+// The refs and the objects negotiation needs (types, commits' parents and
+// times, tags' targets) are read in this process from the repository's
+// files (gitrepository-layout(5), gitformat-pack(5)): HEAD, packed-refs and
+// loose refs; packs through their .idx v1/v2, loose objects, alternates.
+// A repository whose layout this reader leaves to git (an [extensions]
+// section, a linked work tree, a reftable) is read through `git
+// for-each-ref` and `git cat-file --batch-command` instead.
+//
 // # pkt-line (gitprotocol-common(5))
 //
 // Four lowercase hex digits give the length of the packet including
