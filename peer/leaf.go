@@ -6,9 +6,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -58,6 +61,112 @@ func Prepare(ident *identity.Identity) {
 	if ident != nil {
 		sessionCertificate(ident, time.Now())
 	}
+}
+
+// SessionFile is where PrepareIn keeps the session certificate and its key,
+// in the device's folder beside the identity (mode 0600).
+const SessionFile = "session.pem"
+
+// PrepareIn is Prepare with the session certificate kept in dir
+// (SessionFile): a short-lived command (a git remote helper, a one-shot
+// send) reuses the one an earlier process made instead of paying an RSA-4096
+// signature. A file that is unreadable, not signed by ident, or near the end
+// of its validity is replaced; errors only cost a new certificate.
+func PrepareIn(ident *identity.Identity, dir string) {
+	if ident == nil {
+		return
+	}
+	now := time.Now()
+	path := filepath.Join(dir, SessionFile)
+	if s, err := loadSession(path, ident, now); err == nil {
+		sessionMu.Lock()
+		if cur := sessionCache[ident]; cur == nil || cur.expires.Before(s.expires) {
+			sessionCache[ident] = s
+		}
+		sessionMu.Unlock()
+		return
+	}
+	cert, err := sessionCertificate(ident, now)
+	if err != nil {
+		return
+	}
+	saveSession(path, cert)
+}
+
+// loadSession reads a session certificate file made for ident that is
+// valid now and for longer than sessionRenew.
+func loadSession(path string, ident *identity.Identity, now time.Time) (*sessionCert, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var keyDER, certDER []byte
+	for {
+		var blk *pem.Block
+		if blk, b = pem.Decode(b); blk == nil {
+			break
+		}
+		switch blk.Type {
+		case "PRIVATE KEY":
+			keyDER = blk.Bytes
+		case "CERTIFICATE":
+			certDER = blk.Bytes
+		}
+	}
+	if keyDER == nil || certDER == nil {
+		return nil, errors.New("peer: session file lacks a key or a certificate")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(keyDER)
+	if err != nil {
+		return nil, err
+	}
+	priv, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, errors.New("peer: session key is not Ed25519")
+	}
+	leaf, err := x509.ParseCertificate(certDER)
+	if err != nil {
+		return nil, err
+	}
+	if pub, ok := leaf.PublicKey.(ed25519.PublicKey); !ok || !pub.Equal(priv.Public()) {
+		return nil, errors.New("peer: session certificate is not for its key")
+	}
+	if err := ident.Cert.CheckSignature(leaf.SignatureAlgorithm, leaf.RawTBSCertificate, leaf.Signature); err != nil {
+		return nil, fmt.Errorf("peer: session certificate not signed by this identity: %w", err)
+	}
+	if now.Before(leaf.NotBefore) || !now.Add(sessionRenew).Before(leaf.NotAfter) {
+		return nil, errors.New("peer: session certificate out of date")
+	}
+	return &sessionCert{
+		cert:  tls.Certificate{Certificate: [][]byte{certDER, ident.Cert.Raw}, PrivateKey: priv, Leaf: leaf},
+		start: leaf.NotBefore, expires: leaf.NotAfter,
+	}, nil
+}
+
+// saveSession writes cert's key and session certificate to path, atomically
+// and readable by the owner only.
+func saveSession(path string, cert tls.Certificate) error {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		return err
+	}
+	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	data = append(data, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})...)
+	f, err := os.CreateTemp(filepath.Dir(path), ".session-*")
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(data)
+	cerr := f.Close()
+	if werr != nil || cerr != nil {
+		os.Remove(f.Name())
+		return errors.Join(werr, cerr)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return nil
 }
 
 // sessionCertificate returns ident's current session certificate chain,

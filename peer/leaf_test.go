@@ -1,11 +1,14 @@
 package peer
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -135,3 +138,60 @@ func TestIdentityCertificateAloneAccepted(t *testing.T) {
 }
 
 var _ net.Conn = (*tls.Conn)(nil)
+
+func forgetSessions() {
+	sessionMu.Lock()
+	clear(sessionCache)
+	sessionMu.Unlock()
+}
+
+// A session certificate kept on disk is reused by the next process (no RSA
+// signature), only by the identity that made it, and only while valid.
+func TestSessionCertificateKeptOnDisk(t *testing.T) {
+	alice, mallory := testkeys.Identity(t, 0), testkeys.Identity(t, 2)
+	dir := t.TempDir()
+	forgetSessions()
+	PrepareIn(alice, dir)
+	path := filepath.Join(dir, SessionFile)
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("%s has mode %o, want 600", path, st.Mode().Perm())
+	}
+	first, _ := sessionCertificate(alice, time.Now())
+
+	forgetSessions() // a new process
+	PrepareIn(alice, dir)
+	again, _ := sessionCertificate(alice, time.Now())
+	if !bytes.Equal(again.Certificate[0], first.Certificate[0]) {
+		t.Fatal("the next process made a new session certificate instead of reusing the saved one")
+	}
+	// It links.
+	c, s := connect(t, Config{Identity: alice}, Config{Identity: testkeys.Identity(t, 1), Expect: alice.ID})
+	if c.err != nil || s.err != nil {
+		t.Fatalf("with the reused certificate: client %v, server %v", c.err, s.err)
+	}
+
+	// Another identity does not take Alice's file: it makes its own.
+	forgetSessions()
+	PrepareIn(mallory, dir)
+	m, _ := sessionCertificate(mallory, time.Now())
+	if bytes.Equal(m.Certificate[0], first.Certificate[0]) || !bytes.Equal(m.Certificate[1], mallory.Cert.Raw) {
+		t.Fatal("another identity reused a session certificate it did not sign")
+	}
+
+	// A certificate near its end is replaced.
+	forgetSessions()
+	old, _ := sessionCertificate(alice, time.Now().Add(-sessionLifetime+sessionRenew/2))
+	if err := saveSession(path, old); err != nil {
+		t.Fatal(err)
+	}
+	forgetSessions()
+	PrepareIn(alice, dir)
+	fresh, _ := sessionCertificate(alice, time.Now())
+	if bytes.Equal(fresh.Certificate[0], old.Certificate[0]) {
+		t.Fatal("a session certificate about to expire was reused")
+	}
+}

@@ -39,7 +39,7 @@ func loadIdentity(cmd *cobra.Command) (*identity.Identity, error) {
 	if err == nil {
 		// Links present a session certificate signed by the identity:
 		// make it now, while the command sets up, not on the first link.
-		go peer.Prepare(ident)
+		go peer.PrepareIn(ident, home)
 		return ident, nil
 	}
 	if !errorsIsNoIdentity(err) {

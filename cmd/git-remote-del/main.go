@@ -242,10 +242,10 @@ func dialNow(ctx context.Context, t Target) earlyResult {
 	}
 	identReady := make(chan identOrErr, 1)
 	go func() {
-		ident, err := loadIdentity()
+		ident, home, err := loadIdentity()
 		if err == nil {
-			peer.Prepare(ident)
-			trace("session certificate made")
+			peer.PrepareIn(ident, home)
+			trace("session certificate ready")
 		}
 		identReady <- identOrErr{ident, err}
 	}()
@@ -302,18 +302,18 @@ func execDelConnect(t Target, service string) error {
 	return syscall.Exec(del, []string{"del", "git", "connect", t.Peer.String(), t.Repo, service}, os.Environ())
 }
 
-// loadIdentity reads the device identity of DEL_HOME.
-func loadIdentity() (*identity.Identity, error) {
+// loadIdentity reads the device identity of DEL_HOME, and says where that is.
+func loadIdentity() (*identity.Identity, string, error) {
 	home, err := config.Home()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	ident, err := identity.Load(home)
 	if err != nil {
-		return nil, fmt.Errorf("device identity in %s: %w (run `del id` once to create it)", home, err)
+		return nil, "", fmt.Errorf("device identity in %s: %w (run `del id` once to create it)", home, err)
 	}
 	trace("identity loaded")
-	return ident, nil
+	return ident, home, nil
 }
 
 // connect opens the git channel on a link from dialer and pipes git's
