@@ -128,6 +128,7 @@ type Node struct {
 
 	// Scratch space of the reply path, reused so that answering a request
 	// allocates little (fresh heap pages cost page faults).
+	in             wire.Message // the datagram being handled
 	out            []byte
 	peerBuf        []*peer
 	nodes4, nodes6 []wire.Node

@@ -226,8 +226,11 @@ func (n *Node) HandlePacket(b []byte, from netip.AddrPort) {
 		n.stats.Dropped++
 		return
 	}
-	m, err := wire.Decode(b)
-	if err != nil {
+	// The message is decoded into one the node reuses: handlers keep
+	// values, tokens and node lists (separate allocations), never m itself;
+	// a reassembly keeps a copy of its header.
+	m := &n.in
+	if err := wire.DecodeInto(m, b); err != nil {
 		n.stats.Dropped++
 		n.log.Debug("dht: malformed datagram", "from", from, "err", err)
 		return
@@ -269,7 +272,8 @@ func (n *Node) HandlePacket(b []byte, from netip.AddrPort) {
 		}
 		k := partialKey{from, m.TID}
 		if n.partials[k] == nil {
-			n.partials[k] = &partial{r: wire.NewReassembly(m), start: now, last: now}
+			header := *m
+			n.partials[k] = &partial{r: wire.NewReassembly(&header), start: now, last: now}
 		}
 		return
 	}

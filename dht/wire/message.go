@@ -451,16 +451,26 @@ func (m *Message) appendSA(b []byte) []byte {
 // OpenDHT drops it.
 func Decode(b []byte) (*Message, error) {
 	m := new(Message)
+	if err := DecodeInto(m, b); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// DecodeInto is Decode into a Message the caller owns and may reuse (it is
+// reset first); the decoded fields do not refer to b.
+func DecodeInto(m *Message, b []byte) error {
+	*m = Message{}
 	n, b, err := msgp.ReadMapHeaderBytes(b)
 	if err != nil {
-		return nil, malformed("top-level map", err)
+		return malformed("top-level map", err)
 	}
 	var y, q string
 	var a, r, u, e, p []byte // raw objects, decoded once the kind is known
 	for i := uint32(0); i < n; i++ {
 		var k string
 		if k, b, err = readKey(b); err != nil {
-			return nil, malformed("key", err)
+			return malformed("key", err)
 		}
 		start := b
 		switch k {
@@ -506,34 +516,34 @@ func Decode(b []byte) (*Message, error) {
 			b, err = msgp.Skip(b)
 		}
 		if err != nil {
-			return nil, malformed("field "+k, err)
+			return malformed("field "+k, err)
 		}
 	}
 	switch {
 	case e != nil:
 		m.Kind = KindError
 		if err := m.parseError(e); err != nil {
-			return nil, malformed("e", err)
+			return malformed("e", err)
 		}
 	case r != nil:
 		m.Kind = KindReply
 	case p != nil:
 		m.Kind = KindPart
 		if err := m.parseParts(p); err != nil {
-			return nil, malformed("p", err)
+			return malformed("p", err)
 		}
-		return m, nil
+		return nil
 	case u != nil:
 		m.Kind = KindLegacy
 	case y != "" && y != "q":
-		return nil, malformed(fmt.Sprintf("y=%q without body", y), nil)
+		return malformed(fmt.Sprintf("y=%q without body", y), nil)
 	default:
 		m.Kind = KindQuery
 		m.Method = Method(q)
 		switch m.Method {
 		case Ping, Find, Get, Put, Listen, Refresh, Update:
 		default:
-			return nil, malformed(fmt.Sprintf("unknown query %q", q), nil)
+			return malformed(fmt.Sprintf("unknown query %q", q), nil)
 		}
 	}
 	body := a
@@ -545,17 +555,17 @@ func Decode(b []byte) (*Message, error) {
 	}
 	if body == nil {
 		if m.Kind != KindError {
-			return nil, malformed("no body", nil)
+			return malformed("no body", nil)
 		}
-		return m, nil
+		return nil
 	}
 	if err := m.parseBody(body); err != nil {
-		return nil, malformed("body", err)
+		return malformed("body", err)
 	}
 	if m.ID.IsZero() && m.Kind != KindError {
-		return nil, malformed("no sender id", nil)
+		return malformed("no sender id", nil)
 	}
-	return m, nil
+	return nil
 }
 
 func readTID(b []byte) (uint32, []byte, error) {
