@@ -50,7 +50,7 @@ import (
 	"github.com/del-share/del/gitp2p"
 	"github.com/del-share/del/identity"
 	"github.com/del-share/del/internal/config"
-	"github.com/del-share/del/peer"
+	"github.com/del-share/del/peer/link"
 )
 
 // Target is a parsed del:// URL.
@@ -89,7 +89,7 @@ func ParseURL(u string) (Target, error) {
 // Dialer reaches a peer and returns an authenticated link to it. The
 // peer-by-id work (DHT lookup + ICE) plugs in here.
 type Dialer interface {
-	Dial(ctx context.Context, t Target) (*peer.Link, error)
+	Dial(ctx context.Context, t Target) (*link.Link, error)
 }
 
 // ErrNoAddress is returned when a URL names a peer by id alone and it
@@ -200,12 +200,12 @@ type earlyDial struct {
 	done   chan struct{}
 	res    earlyResult
 	// closed by discard unless taken
-	link   *peer.Link
+	link   *link.Link
 	stream io.ReadWriteCloser
 }
 
 type earlyResult struct {
-	link *peer.Link
+	link *link.Link
 	// daemon is a channel opened by the device's daemon (by id).
 	daemon io.ReadWriteCloser
 	err    error
@@ -244,7 +244,7 @@ func dialNow(ctx context.Context, t Target) earlyResult {
 	go func() {
 		ident, home, err := loadIdentity()
 		if err == nil {
-			peer.PrepareIn(ident, home)
+			link.PrepareIn(ident, home)
 			trace("session certificate ready")
 		}
 		identReady <- identOrErr{ident, err}
@@ -261,8 +261,8 @@ func dialNow(ctx context.Context, t Target) earlyResult {
 		conn.Close()
 		return earlyResult{err: id.err}
 	}
-	link, err := peer.Client(ctx, conn, peer.Config{Identity: id.ident, Expect: t.Peer})
-	return earlyResult{link: link, err: err}
+	l, err := link.Client(ctx, conn, link.Config{Identity: id.ident, Expect: t.Peer})
+	return earlyResult{link: l, err: err}
 }
 
 // wait returns the dial's result.
@@ -284,9 +284,9 @@ func (e *earlyDial) discard() {
 }
 
 // linkDialer hands out a link dialed already.
-type linkDialer struct{ link *peer.Link }
+type linkDialer struct{ link *link.Link }
 
-func (d linkDialer) Dial(context.Context, Target) (*peer.Link, error) { return d.link, nil }
+func (d linkDialer) Dial(context.Context, Target) (*link.Link, error) { return d.link, nil }
 
 // execDelConnect replaces this process with `del git connect`, which finds
 // the peer by id (DHT + ICE, with the device's configuration) and pipes
