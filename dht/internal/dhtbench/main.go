@@ -283,13 +283,32 @@ func bench(impl, delBin string, n, ops int) (*result, error) {
 		gr, err := b.Get(octx, key, nil)
 		r.get = append(r.get, time.Since(t0))
 		r.gets++
+		found := false
 		if err == nil {
 			r.getMsgs = append(r.getMsgs, gr.Messages)
 			for _, g := range gr.Values {
 				if g.ID == v.ID {
 					r.found++
+					found = true
 				}
 			}
+		}
+		if !found {
+			// Say what happened, and whether another get finds it.
+			again, err2 := b.Get(octx, key, nil)
+			n := -1
+			if err2 == nil {
+				n = len(again.Values)
+			}
+			var answered, msgs, stored int
+			if gr != nil {
+				answered, msgs = gr.Nodes, gr.Messages
+			}
+			if pr != nil {
+				stored = pr.Stored
+			}
+			fmt.Fprintf(os.Stderr, "dhtbench %s: get %d missed (err %v, %d nodes answered, %d messages; put acked by %d); a second get: %d values (err %v)\n",
+				impl, i, err, answered, msgs, stored, n, err2)
 		}
 		cancel()
 	}
