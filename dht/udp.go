@@ -94,6 +94,10 @@ func (u *UDPNode) readLoop() {
 
 func (u *UDPNode) tickLoop() {
 	defer u.wg.Done()
+	if tt := newTickTimer(); tt != nil {
+		u.tickLoopTimerfd(tt)
+		return
+	}
 	t := time.NewTimer(u.Node.NextTick())
 	defer t.Stop()
 	for {
@@ -106,6 +110,46 @@ func (u *UDPNode) tickLoop() {
 		}
 		u.Node.Tick()
 		t.Reset(u.Node.NextTick())
+	}
+}
+
+// tickLoopTimerfd is tickLoop on a timerfd (Linux): a goroutine that
+// waits for Wake makes the timer fire at once.
+func (u *UDPNode) tickLoopTimerfd(tt *tickTimer) {
+	// woken says a wake came since the last tick began, so that arming
+	// the timer after the tick does not undo it.
+	var mu sync.Mutex
+	woken := false
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-u.stop:
+				tt.close()
+				return
+			case <-u.Node.Wake():
+				mu.Lock()
+				woken = true
+				tt.set(0)
+				mu.Unlock()
+			}
+		}
+	}()
+	defer func() { <-done }()
+	tt.set(u.Node.NextTick())
+	for tt.wait() == nil {
+		mu.Lock()
+		woken = false
+		mu.Unlock()
+		u.Node.Tick()
+		d := u.Node.NextTick()
+		mu.Lock()
+		if woken {
+			d = 0
+		}
+		tt.set(d)
+		mu.Unlock()
 	}
 }
 

@@ -5,7 +5,9 @@ package dht
 import (
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -168,3 +170,48 @@ func getPort(p *uint16) uint16 {
 	b := (*[2]byte)(unsafe.Pointer(p))
 	return uint16(b[0])<<8 | uint16(b[1])
 }
+
+// tickTimer is a timerfd waited on through the runtime's poller. The timer
+// loop uses it instead of a Go timer: the runtime's monitor thread sleeps
+// until the next Go timer, so with a Go timer every tick of an idle node
+// woke two threads (and the monitor slept again in two steps); a timerfd
+// wakes only the thread that runs the tick.
+type tickTimer struct {
+	f  *os.File
+	rc syscall.RawConn
+}
+
+func newTickTimer() *tickTimer {
+	const clockMonotonic = 1
+	fd, _, e := syscall.RawSyscall(syscall.SYS_TIMERFD_CREATE, clockMonotonic, syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if e != 0 {
+		return nil
+	}
+	f := os.NewFile(fd, "dht-timerfd")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	return &tickTimer{f: f, rc: rc}
+}
+
+// set arms the timer to fire once after d.
+func (t *tickTimer) set(d time.Duration) {
+	var spec [2]syscall.Timespec // interval, value
+	spec[1] = syscall.NsecToTimespec(max(int64(d), 1))
+	t.rc.Control(func(fd uintptr) {
+		syscall.RawSyscall6(syscall.SYS_TIMERFD_SETTIME, fd, 0, uintptr(unsafe.Pointer(&spec)), 0, 0, 0)
+	})
+}
+
+// wait blocks until the timer fired; it fails once the timer is closed.
+func (t *tickTimer) wait() error {
+	var buf [8]byte
+	return t.rc.Read(func(fd uintptr) bool {
+		_, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), 8)
+		return e != syscall.EAGAIN
+	})
+}
+
+func (t *tickTimer) close() { t.f.Close() }
