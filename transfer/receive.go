@@ -742,9 +742,10 @@ func FormatBytes(n int64) string {
 // sinkDepth is how many DATA payloads may wait for the disk.
 const sinkDepth = 6
 
-// sink hashes and writes one file's data in two goroutines of its own, a
-// pipeline: the payload of frame i is hashed while frame i-1 is written and
-// frame i+1 is read and decrypted.
+// sink sums and writes one file's data in a goroutine of its own: the
+// payload of frame i goes to the disk while frame i+1 is read and
+// decrypted. (The transit sum is cheap enough to share the goroutine; the
+// BLAKE3 pass it replaced had one of its own.)
 type sink struct {
 	ch   chan []byte
 	done chan struct{}
@@ -756,17 +757,10 @@ type sink struct {
 
 func newSink(w, h io.Writer, free chan<- []byte, name string) *sink {
 	s := &sink{ch: make(chan []byte, sinkDepth), done: make(chan struct{}), free: free}
-	hashed := make(chan []byte, sinkDepth)
-	go func() {
-		defer close(hashed)
-		for b := range s.ch {
-			h.Write(b)
-			hashed <- b
-		}
-	}()
 	go func() {
 		defer close(s.done)
-		for b := range hashed {
+		for b := range s.ch {
+			h.Write(b)
 			if s.err() == nil {
 				if _, err := w.Write(b); err != nil {
 					s.mu.Lock()
