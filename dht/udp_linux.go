@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -27,6 +28,16 @@ import (
 type rawUDP struct {
 	rc  syscall.RawConn
 	fam int // AF_INET or AF_INET6
+
+	// The send arguments live here and sendFn is made once, so that a
+	// send allocates nothing (a closure or a socket address escaping to
+	// the heap per datagram cost fresh pages, thus page faults).
+	mu     sync.Mutex
+	b      []byte
+	sa     syscall.RawSockaddrAny
+	saLen  uintptr
+	err    error
+	sendFn func(fd uintptr) bool
 }
 
 func newRawUDP(c *net.UDPConn) *rawUDP {
@@ -50,7 +61,29 @@ func newRawUDP(c *net.UDPConn) *rawUDP {
 	if fam == 0 {
 		return nil
 	}
-	return &rawUDP{rc: rc, fam: fam}
+	r := &rawUDP{rc: rc, fam: fam}
+	r.sendFn = r.sendTo
+	return r
+}
+
+// sendTo is the RawConn.Write callback of send.
+func (r *rawUDP) sendTo(fd uintptr) bool {
+	for {
+		_, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&r.b[0])), uintptr(len(r.b)),
+			syscall.MSG_DONTWAIT, uintptr(unsafe.Pointer(&r.sa)), r.saLen)
+		switch e {
+		case 0:
+			r.err = nil
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false // wait until writable
+		default:
+			r.err = e
+			return true
+		}
+	}
 }
 
 // sockaddr fills sa for to; ok is false when the socket's family cannot
@@ -82,65 +115,52 @@ func (r *rawUDP) send(b []byte, to netip.AddrPort) (err error, handled bool) {
 	if len(b) == 0 {
 		return nil, false
 	}
-	var sa syscall.RawSockaddrAny
-	size, ok := r.sockaddr(to, &sa)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	size, ok := r.sockaddr(to, &r.sa)
 	if !ok {
 		return nil, false
 	}
-	werr := r.rc.Write(func(fd uintptr) bool {
-		for {
-			_, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-				syscall.MSG_DONTWAIT, uintptr(unsafe.Pointer(&sa)), size)
-			switch e {
-			case 0:
-				err = nil
-				return true
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait until writable
-			default:
-				err = e
-				return true
-			}
-		}
-	})
+	r.b, r.saLen, r.err = b, size, nil
+	werr := r.rc.Write(r.sendFn)
+	r.b = nil
 	if werr != nil {
 		return werr, true
 	}
-	return err, true
+	return r.err, true
 }
 
 // readLoop reads datagrams into buf and hands each to handle until the
 // socket is closed or stop says so. It returns the error that ended it.
 func (r *rawUDP) readLoop(buf []byte, stop func() bool, handle func([]byte, netip.AddrPort)) error {
 	var rerr error
-	for !stop() {
-		err := r.rc.Read(func(fd uintptr) bool {
-			for {
-				if stop() {
-					return true
-				}
-				var sa syscall.RawSockaddrAny
-				salen := uint32(syscall.SizeofSockaddrAny)
-				n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
-					syscall.MSG_DONTWAIT, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)))
-				switch e {
-				case 0:
-				case syscall.EINTR:
-					continue
-				case syscall.EAGAIN:
-					return false // park until readable
-				default:
-					// An ICMP error queued on the socket, for instance: go on.
-					continue
-				}
-				if from, ok := addrOf(&sa); ok {
-					handle(buf[:n], from)
-				}
+	var sa syscall.RawSockaddrAny
+	read := func(fd uintptr) bool {
+		for {
+			if stop() {
+				return true
 			}
-		})
-		if err != nil {
+			salen := uint32(syscall.SizeofSockaddrAny)
+			n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
+				syscall.MSG_DONTWAIT, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)))
+			switch e {
+			case 0:
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false // park until readable
+			default:
+				// An ICMP error queued on the socket, for instance: go on.
+				continue
+			}
+			if from, ok := addrOf(&sa); ok {
+				handle(buf[:n], from)
+			}
+		}
+	}
+	for !stop() {
+		// read is made once: a closure per wake-up would be garbage.
+		if err := r.rc.Read(read); err != nil {
 			rerr = err
 			break
 		}
