@@ -149,7 +149,8 @@ func copySend(args []string) error {
 type sample struct {
 	secs          float64
 	sendRSS, recv int64 // peak RSS in KiB
-	cpu           float64
+	cpu           float64 // both sides
+	sendCPU       float64
 }
 
 func benchTransfer(args []string) error {
@@ -158,6 +159,7 @@ func benchTransfer(args []string) error {
 	runs := fs.Int("runs", 3, "runs per contender (median reported)")
 	del := fs.String("del", "bin/del", "del binary")
 	croc := fs.String("croc", "", "croc binary (skipped if empty or missing)")
+	srcFlag := fs.String("src", "", "send this file instead of a new random one of --size bytes")
 	fs.Parse(args)
 	self, _ := os.Executable()
 	work, err := os.MkdirTemp("", "delbench-")
@@ -165,9 +167,16 @@ func benchTransfer(args []string) error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	src := filepath.Join(work, "payload.bin")
-	if err := writeRandom(src, *size); err != nil {
+	src := *srcFlag
+	if src == "" {
+		src = filepath.Join(work, "payload.bin")
+		if err := writeRandom(src, *size); err != nil {
+			return err
+		}
+	} else if st, err := os.Stat(src); err != nil {
 		return err
+	} else {
+		*size = st.Size()
 	}
 	homes, err := benchHomes(*del, work)
 	if err != nil {
@@ -204,6 +213,10 @@ func benchTransfer(args []string) error {
 		for ci, c := range cs {
 			out := filepath.Join(work, fmt.Sprintf("out-%d", i))
 			os.RemoveAll(out)
+			// Each run starts with no dirty page cache: otherwise the
+			// kernel's writeback of earlier runs' output (1 GiB each)
+			// lands on whichever contender runs next.
+			syscall.Sync()
 			s, err := c.run(out)
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
@@ -212,6 +225,9 @@ func benchTransfer(args []string) error {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
 			all[ci] = append(all[ci], s)
+			if os.Getenv("DELBENCH_VERBOSE") != "" {
+				fmt.Printf("  run %d %-20s %6.2f s  cpu %5.2f s (sender %.2f)\n", i+1, c.name, s.secs, s.cpu, s.sendCPU)
+			}
 			os.RemoveAll(out)
 		}
 	}
@@ -221,7 +237,7 @@ func benchTransfer(args []string) error {
 		ss := append([]sample(nil), all[ci]...)
 		sort.Slice(ss, func(a, b int) bool { return ss[a].secs < ss[b].secs })
 		m := ss[len(ss)/2]
-		rss := fmt.Sprintf("peak RSS sender %4d MiB receiver %4d MiB", m.sendRSS/1024, m.recv/1024)
+		rss := fmt.Sprintf("(sender %.2f)  peak RSS sender %4d MiB receiver %4d MiB", m.sendCPU, m.sendRSS/1024, m.recv/1024)
 		if m.sendRSS == 0 {
 			rss = "peak RSS not measured"
 		}
@@ -291,7 +307,7 @@ func runPair(rbin string, rargs []string, sbin string, sargs []string, renv, sen
 	}
 	secs := time.Since(t0).Seconds()
 	return sample{secs: secs, sendRSS: maxRSS(s.ProcessState), recv: maxRSS(r.ProcessState),
-		cpu: cpuSecs(s.ProcessState) + cpuSecs(r.ProcessState)}, nil
+		cpu: cpuSecs(s.ProcessState) + cpuSecs(r.ProcessState), sendCPU: cpuSecs(s.ProcessState)}, nil
 }
 
 func maxRSS(ps *os.ProcessState) int64 {
