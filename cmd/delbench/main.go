@@ -148,7 +148,7 @@ func copySend(args []string) error {
 
 type sample struct {
 	secs          float64
-	sendRSS, recv int64 // peak RSS in KiB
+	sendRSS, recv int64   // peak RSS in KiB
 	cpu           float64 // both sides
 	sendCPU       float64
 }
