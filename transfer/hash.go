@@ -111,20 +111,14 @@ func (b *blockHasher) endBlock() {
 // Sum returns the content hash of what was written, in hex. It does not
 // change the state.
 func (b *blockHasher) Sum() string {
-	r := rootOf(b.digests(), b.size)
-	return hex.EncodeToString(r[:])
-}
-
-// digests returns the digests of every block written so far, the last one
-// possibly short. It does not change the state.
-func (b *blockHasher) digests() [][32]byte {
 	ds := b.blocks
 	if b.inCur > 0 {
 		var d [32]byte
 		b.cur.Sum(d[:0])
 		ds = append(ds[:len(ds):len(ds)], d)
 	}
-	return ds
+	r := rootOf(ds, b.size)
+	return hex.EncodeToString(r[:])
 }
 
 // Reset forgets everything written.
