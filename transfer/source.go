@@ -280,6 +280,23 @@ func (s *Source) hashOne(ctx context.Context, i int, opts ScanOptions) error {
 // since the scan is an error.
 func (s *Source) fileBlocks(ctx context.Context, i int, cacheOnly bool) ([][32]byte, error) {
 	e := &s.Entries[i]
+	if cacheOnly {
+		// A look in the cache needs no open file (large trees: one stat
+		// per file, and none at all without a cache).
+		if s.opts.Cache == nil {
+			return nil, nil
+		}
+		st, err := os.Stat(s.local[i])
+		if err != nil {
+			return nil, err
+		}
+		if key := s.cacheKey(i, st); key != "" && st.Size() == e.Size && st.ModTime().UnixNano() == e.MTime {
+			if blocks, ok := s.opts.Cache.Get(key); ok && len(blocks) == int((e.Size+BlockSize-1)/BlockSize) {
+				return blocks, nil
+			}
+		}
+		return nil, nil
+	}
 	f, err := os.Open(s.local[i])
 	if err != nil {
 		return nil, err
@@ -298,9 +315,6 @@ func (s *Source) fileBlocks(ctx context.Context, i int, cacheOnly bool) ([][32]b
 		if blocks, ok := s.opts.Cache.Get(key); ok && len(blocks) == int((e.Size+BlockSize-1)/BlockSize) {
 			return blocks, nil
 		}
-	}
-	if cacheOnly {
-		return nil, nil
 	}
 	if blocks, err = hashBlocks(ctx, f, e.Size); err != nil {
 		return nil, err
