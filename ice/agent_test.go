@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -92,23 +93,40 @@ func connectAgentsThen(t *testing.T, ca, cb Config, edit func(*Description), the
 	return ra, rb
 }
 
-// exchange sends n random bytes each way and checks them.
+// exchange sends n random bytes each way and checks them. Both sides read
+// while both write, as a full-duplex application does (reading one side
+// first can stall a relay whose buffers couple the two directions), and
+// every read has a deadline, so a lost byte fails the test instead of
+// hanging it.
 func exchange(t *testing.T, x, y *Conn, n int) {
 	t.Helper()
 	msgX, msgY := make([]byte, n), make([]byte, n)
 	rand.Read(msgX)
 	rand.Read(msgY)
-	errc := make(chan error, 2)
+	deadline := time.Now().Add(30 * time.Second)
+	for _, c := range []*Conn{x, y} {
+		c.SetDeadline(deadline)
+		defer c.SetDeadline(time.Time{})
+	}
+	errc := make(chan error, 4)
 	go func() { _, err := x.Write(msgX); errc <- err }()
 	go func() { _, err := y.Write(msgY); errc <- err }()
 	gotY, gotX := make([]byte, n), make([]byte, n)
-	if _, err := io.ReadFull(x, gotY); err != nil {
-		t.Fatalf("read at controlling side: %v", err)
-	}
-	if _, err := io.ReadFull(y, gotX); err != nil {
-		t.Fatalf("read at controlled side: %v", err)
-	}
-	for range 2 {
+	go func() {
+		k, err := io.ReadFull(x, gotY)
+		if err != nil {
+			err = fmt.Errorf("read at the first side: %d of %d bytes: %w", k, n, err)
+		}
+		errc <- err
+	}()
+	go func() {
+		k, err := io.ReadFull(y, gotX)
+		if err != nil {
+			err = fmt.Errorf("read at the second side: %d of %d bytes: %w", k, n, err)
+		}
+		errc <- err
+	}()
+	for range 4 {
 		if err := <-errc; err != nil {
 			t.Fatal(err)
 		}
