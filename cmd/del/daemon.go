@@ -89,7 +89,7 @@ channels). Prints "daemon online <peer-id>" once ready.`,
 			if err != nil {
 				return err
 			}
-			ident, err := loadIdentity(cmd)
+			ident, err := linkIdentity(cmd)
 			if err != nil {
 				return err
 			}

@@ -169,7 +169,7 @@ Shares added or removed while it runs apply at the next request.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			ident, err := loadIdentity(cmd)
+			ident, err := linkIdentity(cmd)
 			if err != nil {
 				return err
 			}
@@ -380,7 +380,7 @@ func listRemote(cmd *cobra.Command, target string) error {
 	if _, _, err := net.SplitHostPort(addr); hasAddr && err != nil {
 		return fmt.Errorf("%q: use <peer-id> or <peer-id>@<host>:<port>", target)
 	}
-	ident, err := loadIdentity(cmd)
+	ident, err := linkIdentity(cmd)
 	if err != nil {
 		return err
 	}
@@ -447,7 +447,7 @@ func newGitConnectCmd() *cobra.Command {
 			if service != gitp2p.UploadPackService && service != gitp2p.ReceivePackService {
 				return fmt.Errorf("unknown service %q", service)
 			}
-			ident, err := loadIdentity(cmd)
+			ident, err := linkIdentity(cmd)
 			if err != nil {
 				return err
 			}

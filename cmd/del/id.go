@@ -37,9 +37,6 @@ func loadIdentity(cmd *cobra.Command) (*identity.Identity, error) {
 	}
 	ident, err := identity.Load(home)
 	if err == nil {
-		// Links present a session certificate signed by the identity:
-		// make it now, while the command sets up, not on the first link.
-		go peer.PrepareIn(ident, home)
 		return ident, nil
 	}
 	if !errorsIsNoIdentity(err) {
@@ -48,6 +45,20 @@ func loadIdentity(cmd *cobra.Command) (*identity.Identity, error) {
 	fmt.Fprintf(cmd.ErrOrStderr(), "creating a new identity in %s (RSA-%d, takes a few seconds)\n", home, identity.KeyBits)
 	ident, _, err = identity.LoadOrCreate(home)
 	return ident, err
+}
+
+// linkIdentity is loadIdentity for a command that makes links: their
+// session certificate (signed by the identity, kept in DEL_HOME) is made or
+// loaded in the background while the command sets up, not on the first link.
+func linkIdentity(cmd *cobra.Command) (*identity.Identity, error) {
+	ident, err := loadIdentity(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if home, err := config.Home(); err == nil {
+		go peer.PrepareIn(ident, home)
+	}
+	return ident, nil
 }
 
 func errorsIsNoIdentity(err error) bool { return errors.Is(err, identity.ErrNoIdentity) }

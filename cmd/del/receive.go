@@ -97,7 +97,7 @@ func (r *receiveCmd) run(cmd *cobra.Command, args []string) error {
 	if (code || tc == nil) && r.listen == "" && !online {
 		return errNoBootstrap
 	}
-	if r.ident, err = loadIdentity(cmd); err != nil {
+	if r.ident, err = linkIdentity(cmd); err != nil {
 		return err
 	}
 	out := cmd.OutOrStdout()

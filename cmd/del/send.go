@@ -90,7 +90,7 @@ func (s *sendCmd) run(cmd *cobra.Command, args []string) error {
 			return fmt.Errorf("--limit-rate: %w", err)
 		}
 	}
-	if s.ident, err = loadIdentity(cmd); err != nil {
+	if s.ident, err = linkIdentity(cmd); err != nil {
 		return err
 	}
 	src, err := s.source(ctx, cmd, paths)
