@@ -161,11 +161,33 @@ func (fr *FrameReader) Next() (typ byte, payload []byte, err error) {
 	return typ, fr.buf, nil
 }
 
-// Take hands the buffer holding the last payload to the caller, who now owns
-// it, and gives the reader repl to use from now on. It lets a payload be
-// passed to another goroutine without a copy.
-func (fr *FrameReader) Take(repl []byte) []byte {
-	b := fr.buf
-	fr.buf = repl[:0]
-	return b
+// NextInto reads one frame like Next, except that a DATA payload is
+// appended to block, in place, when it fits within block's capacity: the
+// receiver gathers consecutive DATA payloads into one buffer it writes with
+// one system call, and no payload is copied on the way. The payload returned
+// is then block[len(block):len(block)+n]; the caller extends block over it.
+// A DATA payload that does not fit is read into the reader's own buffer.
+func (fr *FrameReader) NextInto(block []byte) (typ byte, payload []byte, err error) {
+	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	typ, n, err := ParseHeader(fr.hdr[:])
+	if err != nil {
+		return typ, nil, err
+	}
+	dst := block[len(block):]
+	if typ != FrameData || cap(dst) < n {
+		if cap(fr.buf) < n {
+			fr.buf = make([]byte, n)
+		}
+		dst = fr.buf
+	}
+	dst = dst[:n]
+	if _, err := io.ReadFull(fr.r, dst); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return typ, nil, fmt.Errorf("transfer: read %s payload: %w", FrameName(typ), err)
+	}
+	return typ, dst, nil
 }

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -496,10 +495,27 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 	var f *os.File
 	var written int64
 	var sum transitSum
-	var out *sink
+	// block gathers consecutive DATA payloads (read straight into it) and
+	// goes to the disk in one write when full or when the file ends.
+	block := make([]byte, 0, writeBlock)
+	var dst io.Writer
+	var werr error
+	flush := func() {
+		if len(block) == 0 {
+			return
+		}
+		sum.Write(block)
+		if werr == nil {
+			if _, err := dst.Write(block); err != nil {
+				werr = fmt.Errorf("write %s: %w", r.entries[cur].Path, err)
+			}
+		}
+		block = block[:0]
+	}
 	defer func() {
-		if out != nil {
-			out.finish()
+		if cur >= 0 && dst != nil {
+			// What arrived before an error is kept for a resume.
+			flush()
 		}
 		if f != nil {
 			f.Close()
@@ -508,12 +524,8 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			}
 		}
 	}()
-	free := make(chan []byte, sinkDepth)
-	for range sinkDepth {
-		free <- make([]byte, 0, DataChunk)
-	}
 	for {
-		typ, payload, err := r.fr.Next()
+		typ, payload, err := r.fr.NextInto(block)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
@@ -533,12 +545,19 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			if e.Size >= 0 && written+int64(len(payload)) > e.Size {
 				return r.fail(fmt.Errorf("transfer: sender sent more than %d bytes for %s", e.Size, e.Path))
 			}
-			if err := out.err(); err != nil {
-				return r.fail(err)
+			if werr != nil {
+				return r.fail(werr)
 			}
-			// The payload goes to the sink goroutine (disk and hash) while
-			// this one reads the next frame.
-			out.ch <- r.fr.Take(<-free)
+			if len(payload) <= cap(block)-len(block) {
+				block = block[:len(block)+len(payload)] // read in place
+			} else {
+				// It did not fit: write what is gathered, then gather it.
+				flush()
+				block = append(block, payload...)
+			}
+			if cap(block)-len(block) < DataChunk {
+				flush()
+			}
 			written += int64(len(payload))
 			rep.Bytes += int64(len(payload))
 			if rep.FirstData == 0 {
@@ -563,14 +582,13 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			cur, st.started, written = fs.I, true, fs.Offset
 			e := &r.entries[cur]
 			sum = newTransitSum()
-			var dst io.Writer = r.opts.Stdout
+			dst, werr = r.opts.Stdout, nil
 			if r.opts.Stdout == nil {
 				if f, err = r.openPartial(st, fs.Offset); err != nil {
 					return r.fail(err)
 				}
 				dst = f
 			}
-			out = newSink(dst, sum, free, e.Path)
 			rep.Resumed += fs.Offset
 			r.pr.FileBegin(e.Path, e.Size, fs.Offset)
 		case FrameFileEnd:
@@ -583,8 +601,8 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			}
 			e := &r.entries[cur]
 			st := &r.state[cur]
-			werr := out.finish()
-			out = nil
+			flush()
+			dst = nil
 			if werr != nil {
 				return r.fail(werr)
 			}
@@ -643,21 +661,44 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 }
 
 func (r *receiver) openPartial(st *fileState, offset int64) (*os.File, error) {
-	f, err := r.root.OpenFile(filepath.FromSlash(st.partial), os.O_WRONLY|os.O_CREATE, 0o600)
+	name := filepath.FromSlash(st.partial)
+	if offset == 0 {
+		if st.offset > 0 {
+			// The sender's file differs from our partial copy: start over.
+			st.h.Reset()
+		}
+		// A new file, never an old one truncated to zero: ext4 takes a
+		// truncation to size 0 for the "rewrite in place" pattern and, to
+		// protect it, writes the whole file back synchronously when it is
+		// closed (auto_da_alloc), which stalled the end of every large
+		// received file for a second or more per GiB.
+		if err := r.root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("remove stale partial file: %w", err)
+		}
+		f, err := r.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("create partial file: %w", err)
+		}
+		return f, nil
+	}
+	f, err := r.root.OpenFile(name, os.O_WRONLY, 0)
 	if err != nil {
-		return nil, fmt.Errorf("create partial file: %w", err)
+		return nil, fmt.Errorf("open partial file: %w", err)
 	}
-	if offset == 0 && st.offset > 0 {
-		// The sender's file differs from our partial copy: start over.
-		st.h.Reset()
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+	case fi.Size() < offset:
+		err = fmt.Errorf("it shrank to %d bytes since its first %d were checked", fi.Size(), offset)
+	case fi.Size() > offset:
+		err = f.Truncate(offset) // to a size > 0: no writeback at close
 	}
-	if err := f.Truncate(offset); err != nil {
+	if err == nil {
+		_, err = f.Seek(offset, io.SeekStart)
+	}
+	if err != nil {
 		f.Close()
-		return nil, err
-	}
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
+		return nil, fmt.Errorf("resume partial file: %w", err)
 	}
 	return f, nil
 }
@@ -739,52 +780,7 @@ func FormatBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// sinkDepth is how many DATA payloads may wait for the disk.
-const sinkDepth = 6
-
-// sink sums and writes one file's data in a goroutine of its own: the
-// payload of frame i goes to the disk while frame i+1 is read and
-// decrypted. (The transit sum is cheap enough to share the goroutine; the
-// BLAKE3 pass it replaced had one of its own.)
-type sink struct {
-	ch   chan []byte
-	done chan struct{}
-	free chan<- []byte
-
-	mu   sync.Mutex
-	werr error
-}
-
-func newSink(w, h io.Writer, free chan<- []byte, name string) *sink {
-	s := &sink{ch: make(chan []byte, sinkDepth), done: make(chan struct{}), free: free}
-	go func() {
-		defer close(s.done)
-		for b := range s.ch {
-			h.Write(b)
-			if s.err() == nil {
-				if _, err := w.Write(b); err != nil {
-					s.mu.Lock()
-					s.werr = fmt.Errorf("write %s: %w", name, err)
-					s.mu.Unlock()
-				}
-			}
-			s.free <- b
-		}
-	}()
-	return s
-}
-
-// err reports the first write error so far.
-func (s *sink) err() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.werr
-}
-
-// finish waits until everything queued is hashed and written and returns
-// the first write error.
-func (s *sink) finish() error {
-	close(s.ch)
-	<-s.done
-	return s.err()
-}
+// writeBlock is the most the receiver gathers for one write(2): eight DATA
+// frames. Fewer, larger writes cost the kernel less per byte and hand the
+// page cache large folios.
+const writeBlock = 8 * DataChunk
