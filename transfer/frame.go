@@ -88,8 +88,9 @@ const (
 	// MaxPayload bounds every frame's payload; larger frames are refused
 	// before anything is allocated.
 	MaxPayload = 1 << 20
-	// DataChunk is the payload size the sender uses for DATA frames.
-	DataChunk = 128 << 10
+	// DataChunk is the payload size the sender uses for DATA frames: one
+	// multiplexer message each (peer/link allows 512 KiB).
+	DataChunk = 256 << 10
 )
 
 // ErrFrameTooLarge is returned for a frame whose length exceeds MaxPayload.
