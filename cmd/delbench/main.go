@@ -262,6 +262,17 @@ func benchTransfer(args []string) error {
 	fmt.Printf("transfer of %s on loopback, %d runs each, medians (host: %s)\n", human(*size), *runs, hostInfo())
 	// Contenders take turns, run by run, so that a change of load on the
 	// machine affects all of them alike; ratios are also taken run by run.
+	// Every run starts right after the previous run's output (as big as
+	// the file) was deleted. The first one would not: write and delete a
+	// file of the same size first. On a VM whose freed memory goes back to
+	// the host (virtio-balloon free page reporting, as here) a write into
+	// pages the host no longer backs costs several times more, and the
+	// first contender would pay for it alone.
+	scratch := filepath.Join(work, "warm-up")
+	if err := writeRandom(scratch, *size); err != nil {
+		return err
+	}
+	os.Remove(scratch)
 	all := make([][]sample, len(cs))
 	for i := 0; i < *runs; i++ {
 		for ci, c := range cs {
