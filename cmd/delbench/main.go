@@ -275,7 +275,12 @@ func benchTransfer(args []string) error {
 	os.Remove(scratch)
 	all := make([][]sample, len(cs))
 	for i := 0; i < *runs; i++ {
-		for ci, c := range cs {
+		// Each round starts with the next contender, so that each one
+		// follows each other one equally often: what a run leaves behind
+		// (freed page cache, writeback) weighs on whichever runs next.
+		for k := range cs {
+			ci := (i + k) % len(cs)
+			c := cs[ci]
 			out := filepath.Join(work, fmt.Sprintf("out-%d", i))
 			os.RemoveAll(out)
 			// Each run starts with no dirty page cache: otherwise the
