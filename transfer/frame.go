@@ -33,8 +33,8 @@
 // # Content hashes and transit sums (hash.go)
 //
 // The content hash (two-level BLAKE3) names a file's content; the transit sum
-// (XXH3-128 of the bytes sent for a file, in FILE_END) checks every byte
-// moved. A sender need not hash its files before offering them: a file
+// (XXH3-128 over the XXH3-128 of each DATA payload sent for a file, in
+// FILE_END) checks every byte moved. A sender need not hash its files before offering them: a file
 // offered with a size and no content hash starts flowing at once (the
 // sender's hash cache supplies the hashes of files it has hashed before). The
 // receiver needs a content hash only to tell whether a file it already

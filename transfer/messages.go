@@ -95,9 +95,10 @@ type FileStart struct {
 	Offset int64 `json:"offset"`
 }
 
-// FileEnd closes file I: its total size, the transit sum (XXH3-128, hex) of
-// the bytes sent for it from FILE_START's offset, and its content hash when
-// the sender knows it.
+// FileEnd closes file I: its total size, the transit sum (hex) of the DATA
+// sent for it from FILE_START's offset (XXH3-128 over the XXH3-128 of each
+// DATA payload; see transitSum), and its content hash when the sender knows
+// it.
 type FileEnd struct {
 	I    int    `json:"i"`
 	Size int64  `json:"size"`

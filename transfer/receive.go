@@ -504,7 +504,6 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 		if len(block) == 0 {
 			return
 		}
-		sum.Write(block)
 		if werr == nil {
 			if _, err := dst.Write(block); err != nil {
 				werr = fmt.Errorf("write %s: %w", r.entries[cur].Path, err)
@@ -548,6 +547,7 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			if werr != nil {
 				return r.fail(werr)
 			}
+			sum.Write(payload)
 			if len(payload) <= cap(block)-len(block) {
 				block = block[:len(block)+len(payload)] // read in place
 			} else {
