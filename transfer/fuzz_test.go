@@ -50,6 +50,41 @@ func FuzzFrameReader(f *testing.F) {
 	})
 }
 
+// FuzzFrameReaderInto checks that NextInto, which gathers DATA payloads in
+// place into the receiver's write block, reads exactly the frames Next
+// reads, with the same payloads and errors, whatever room the block has.
+func FuzzFrameReaderInto(f *testing.F) {
+	f.Add([]byte{FrameData, 0, 0, 0, 2, 'h', 'i', FrameData, 0, 0, 0, 3, 'a', 'b', 'c'}, uint16(4))
+	f.Add([]byte{FrameData, 0, 0, 0, 2, 'h', 'i', FrameOffer, 0, 0, 0, 1, '{'}, uint16(0))
+	f.Add([]byte{FrameData, 0xff, 0xff, 0xff, 0xff}, uint16(8))
+	f.Fuzz(func(t *testing.T, b []byte, room uint16) {
+		want := NewFrameReader(bytes.NewReader(b))
+		got := NewFrameReader(bytes.NewReader(b))
+		block := make([]byte, 0, int(room))
+		for i := 0; ; i++ {
+			wt, wp, werr := want.Next()
+			gt, gp, gerr := got.NextInto(block)
+			if (werr == nil) != (gerr == nil) || (werr != nil && werr.Error() != gerr.Error()) {
+				t.Fatalf("frame %d: Next error %v, NextInto error %v", i, werr, gerr)
+			}
+			if werr != nil {
+				return
+			}
+			if wt != gt || !bytes.Equal(wp, gp) {
+				t.Fatalf("frame %d: Next %d %q, NextInto %d %q", i, wt, wp, gt, gp)
+			}
+			if gt == FrameData && len(gp) <= cap(block)-len(block) {
+				if len(gp) > 0 && &gp[0] != &block[:len(block)+1][len(block)] {
+					t.Fatalf("frame %d: a DATA payload that fits was not read in place", i)
+				}
+				block = block[:len(block)+len(gp)]
+			} else {
+				block = block[:0]
+			}
+		}
+	})
+}
+
 func FuzzCheckPath(f *testing.F) {
 	for _, s := range []string{"a", "a/b", "../a", "/a", "a/./b", "a//b", "..", "a/..", "c:x", "é/ü"} {
 		f.Add(s)
