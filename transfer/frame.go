@@ -89,8 +89,11 @@ const (
 	// before anything is allocated.
 	MaxPayload = 1 << 20
 	// DataChunk is the payload size the sender uses for DATA frames: one
-	// multiplexer message each (peer/link allows 512 KiB).
-	DataChunk = 256 << 10
+	// multiplexer message each (peer/link allows 1 MiB). Each message is a
+	// hand-off between the multiplexer's receive loop and the receiver's
+	// goroutine; 512 KiB frames cost the receiver 13 % less time than
+	// 256 KiB ones (alternating runs, both orders).
+	DataChunk = 512 << 10
 )
 
 // ErrFrameTooLarge is returned for a frame whose length exceeds MaxPayload.

@@ -496,7 +496,7 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 	var written int64
 	var sum transitSum
 	// block gathers consecutive DATA payloads (read straight into it) and
-	// goes to the disk in one write when full or when the file ends.
+	// goes to the disk when full or when the file ends.
 	block := make([]byte, 0, writeBlock)
 	var dst io.Writer
 	var werr error
@@ -505,7 +505,13 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			return
 		}
 		if werr == nil {
-			if _, err := dst.Write(block); err != nil {
+			var err error
+			for b := block; len(b) > 0 && err == nil; {
+				k := min(len(b), writePiece)
+				_, err = dst.Write(b[:k])
+				b = b[k:]
+			}
+			if err != nil {
 				werr = fmt.Errorf("write %s: %w", r.entries[cur].Path, err)
 			}
 		}
@@ -780,9 +786,12 @@ func FormatBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// writeBlock is the most the receiver gathers for one write(2): one full
-// DATA frame, or several smaller ones. Fewer, larger writes cost the kernel
-// less per byte, up to a point: 256 KiB measured a little cheaper than 512
-// KiB (less system time), and 1 MiB clearly slower, the block no longer
-// staying in cache.
-const writeBlock = 256 << 10
+// writeBlock is the most the receiver gathers before writing: one full DATA
+// frame, or several smaller ones. It goes to the disk in writes of at most
+// writePiece: fewer, larger writes cost the kernel less per byte, up to a
+// point (256 KiB measured a little cheaper than 512 KiB, 1 MiB clearly
+// slower).
+const (
+	writeBlock = DataChunk
+	writePiece = 256 << 10
+)

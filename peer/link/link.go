@@ -207,9 +207,9 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, client bool) (*Li
 	ycfg.LogOutput = io.Discard
 	ycfg.ConnectionWriteTimeout = 30 * time.Second
 	// Full-size TLS records: a message fills one 16 KiB record or more; a
-	// file transfer's 256 KiB DATA frame (plus its header) is one message,
+	// file transfer's 512 KiB DATA frame (plus its header) is one message,
 	// one hand-off between the multiplexer's goroutines and ours.
-	ycfg.MaxMessageSize = 512 << 10
+	ycfg.MaxMessageSize = 1 << 20
 	ycfg.ReadBufSize = 64 << 10
 	// Start with a window that keeps a fast link busy; yamux grows it (up
 	// to MaxStreamWindowSize) once it has measured the round-trip time.
