@@ -210,7 +210,11 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, client bool) (*Li
 	// file transfer's 512 KiB DATA frame (plus its header) is one message,
 	// one hand-off between the multiplexer's goroutines and ours.
 	ycfg.MaxMessageSize = 1 << 20
-	ycfg.ReadBufSize = 64 << 10
+	// No read buffer of its own: crypto/tls already holds each decrypted
+	// record, and a bufio.Reader between them copied about a quarter of all
+	// payload bytes once more (receiver time -4 to -5 %, context switches
+	// -15 %, in alternating runs of both orders).
+	ycfg.ReadBufSize = 0
 	// Start with a window that keeps a fast link busy; yamux grows it (up
 	// to MaxStreamWindowSize) once it has measured the round-trip time.
 	ycfg.InitialStreamWindowSize = 4 << 20
