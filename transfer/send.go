@@ -453,14 +453,15 @@ type chunk struct {
 // machine). A stream (stdin) is read ahead in a goroutine of its own, since
 // its producer may be slow when the network is not.
 func (s *sender) chunks(r io.Reader, h io.Writer, stream bool) (next func() (chunk, bool), stop func()) {
+	size := s.chunkSize()
 	if stream {
-		ch, stop := prefetch(r, h)
+		ch, stop := prefetch(r, h, size)
 		return func() (chunk, bool) { c, ok := <-ch; return c, ok }, stop
 	}
 	if s.rbuf == nil {
 		s.rbuf = make([]byte, HeaderSize+DataChunk)
 	}
-	buf, done := s.rbuf, false
+	buf, done := s.rbuf[:HeaderSize+size], false
 	return func() (chunk, bool) {
 		if done {
 			return chunk{}, false
@@ -481,18 +482,28 @@ func (s *sender) chunks(r io.Reader, h io.Writer, stream bool) (next func() (chu
 	}, func() {}
 }
 
+// chunkSize is the DATA payload size: DataChunk, or under a rate limit
+// about a tenth of a second's worth (at least 16 KiB), so that a limited
+// transfer flows and shows progress evenly rather than in bursts.
+func (s *sender) chunkSize() int {
+	if s.rate <= 0 {
+		return DataChunk
+	}
+	return int(min(max(s.rate/10, 16<<10), DataChunk))
+}
+
 // prefetchDepth is how many chunks are read ahead of the network.
 const prefetchDepth = 4
 
-// prefetch reads r in a goroutine, DataChunk bytes at a time, feeding h (if
+// prefetch reads r in a goroutine, size bytes at a time, feeding h (if
 // not nil) as it goes, so that disk reads and hashing overlap with sending.
 // The channel closes at end of file or after a chunk carrying an error.
 // stop ends the goroutine early and waits for it.
-func prefetch(r io.Reader, h io.Writer) (<-chan chunk, func()) {
+func prefetch(r io.Reader, h io.Writer, size int) (<-chan chunk, func()) {
 	out := make(chan chunk)
 	free := make(chan []byte, prefetchDepth)
 	for range prefetchDepth {
-		free <- make([]byte, HeaderSize+DataChunk)
+		free <- make([]byte, HeaderSize+size)
 	}
 	quit := make(chan struct{})
 	done := make(chan struct{})
@@ -522,7 +533,7 @@ func prefetch(r io.Reader, h io.Writer) (<-chan chunk, func()) {
 			case <-quit:
 				return
 			}
-			if err != nil || n < DataChunk {
+			if err != nil || n < size {
 				return
 			}
 		}
