@@ -486,3 +486,61 @@ func TestSpecialFilesLeftOut(t *testing.T) {
 		t.Fatalf("send %v, receive %v", send.err, recv.err)
 	}
 }
+
+// stepRecorder records the largest Advance step a sender reports.
+type stepRecorder struct {
+	noProgress
+	mu      sync.Mutex
+	maxStep int64
+	total   int64
+}
+
+func (p *stepRecorder) Advance(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.maxStep = max(p.maxStep, n)
+	p.total += n
+}
+
+// A rate-limited send moves its data in small steps (about a tenth of a
+// second's worth), not in bursts of full-size frames, and is not faster
+// than the limit.
+func TestRateLimitedSendIsEven(t *testing.T) {
+	in, out := t.TempDir(), t.TempDir()
+	const rate = 4 << 20
+	data := randomBytes(t, 3*DataChunk)
+	writeFile(t, filepath.Join(in, "f.bin"), data, 0o644)
+	src := scan(t, filepath.Join(in, "f.bin"))
+	a, b := net.Pipe()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := Receive(ctx, b, ReceiveOptions{Dir: out, Decide: accept})
+		b.Close()
+		done <- err
+	}()
+	pr := &stepRecorder{}
+	start := time.Now()
+	_, err := Send(ctx, a, src, SendOptions{Progress: pr, RateLimit: rate})
+	elapsed := time.Since(start)
+	a.Close()
+	if rerr := <-done; err != nil || rerr != nil {
+		t.Fatalf("send %v, receive %v", err, rerr)
+	}
+	got, err := os.ReadFile(filepath.Join(out, "f.bin"))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("received file differs (%v)", err)
+	}
+	if pr.total != int64(len(data)) {
+		t.Fatalf("progress reported %d bytes, sent %d", pr.total, len(data))
+	}
+	if limit := int64(rate / 10); pr.maxStep > limit {
+		t.Errorf("largest step %d bytes, want at most a tenth of a second's worth (%d)", pr.maxStep, limit)
+	}
+	// Pacing sleeps after each step until the data sent is due; only the
+	// last step is not waited for.
+	if min := time.Duration(float64(int64(len(data))-pr.maxStep) / rate * float64(time.Second)); elapsed < min {
+		t.Errorf("sent %d bytes in %v at a %d B/s limit; expected at least %v", len(data), elapsed, rate, min)
+	}
+}
