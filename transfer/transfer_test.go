@@ -47,6 +47,12 @@ type result struct {
 // both sides' outcomes.
 func run(t *testing.T, src *Source, ropts ReceiveOptions, wrap func(net.Conn) net.Conn) (send, recv result) {
 	t.Helper()
+	return runWith(t, src, SendOptions{}, ropts, wrap)
+}
+
+// runWith is run with the sender's options.
+func runWith(t *testing.T, src *Source, sopts SendOptions, ropts ReceiveOptions, wrap func(net.Conn) net.Conn) (send, recv result) {
+	t.Helper()
 	a, b := net.Pipe()
 	if wrap != nil {
 		a = wrap(a)
@@ -60,7 +66,7 @@ func run(t *testing.T, src *Source, ropts ReceiveOptions, wrap func(net.Conn) ne
 		recv.rep, recv.err = Receive(ctx, b, ropts)
 		b.Close()
 	}()
-	send.rep, send.err = Send(ctx, a, src, SendOptions{})
+	send.rep, send.err = Send(ctx, a, src, sopts)
 	a.Close()
 	wg.Wait()
 	return send, recv
@@ -510,23 +516,13 @@ func TestRateLimitedSendIsEven(t *testing.T) {
 	const rate = 4 << 20
 	data := randomBytes(t, 3*DataChunk)
 	writeFile(t, filepath.Join(in, "f.bin"), data, 0o644)
-	src := scan(t, filepath.Join(in, "f.bin"))
-	a, b := net.Pipe()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		_, err := Receive(ctx, b, ReceiveOptions{Dir: out, Decide: accept})
-		b.Close()
-		done <- err
-	}()
 	pr := &stepRecorder{}
 	start := time.Now()
-	_, err := Send(ctx, a, src, SendOptions{Progress: pr, RateLimit: rate})
+	send, recv := runWith(t, scan(t, filepath.Join(in, "f.bin")), SendOptions{Progress: pr, RateLimit: rate},
+		ReceiveOptions{Dir: out, Decide: accept}, nil)
 	elapsed := time.Since(start)
-	a.Close()
-	if rerr := <-done; err != nil || rerr != nil {
-		t.Fatalf("send %v, receive %v", err, rerr)
+	if send.err != nil || recv.err != nil {
+		t.Fatalf("send %v, receive %v", send.err, recv.err)
 	}
 	got, err := os.ReadFile(filepath.Join(out, "f.bin"))
 	if err != nil || !bytes.Equal(got, data) {
