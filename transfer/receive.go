@@ -500,21 +500,17 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 	block := make([]byte, 0, writeBlock)
 	var dst io.Writer
 	var werr error
-	flush := func() {
-		if len(block) == 0 {
-			return
-		}
-		if werr == nil {
-			var err error
-			for b := block; len(b) > 0 && err == nil; {
-				k := min(len(b), writePiece)
-				_, err = dst.Write(b[:k])
-				b = b[k:]
-			}
-			if err != nil {
+	write := func(b []byte) {
+		for len(b) > 0 && werr == nil {
+			k := min(len(b), writePiece)
+			if _, err := dst.Write(b[:k]); err != nil {
 				werr = fmt.Errorf("write %s: %w", r.entries[cur].Path, err)
 			}
+			b = b[k:]
 		}
+	}
+	flush := func() {
+		write(block)
 		block = block[:0]
 	}
 	defer func() {
@@ -557,11 +553,12 @@ func (r *receiver) receiveFiles(ctx context.Context, rep *Report) error {
 			if len(payload) <= cap(block)-len(block) {
 				block = block[:len(block)+len(payload)] // read in place
 			} else {
-				// It did not fit: write what is gathered, then gather it.
+				// It did not fit and was read into the frame reader's
+				// buffer: write what is gathered, then it.
 				flush()
-				block = append(block, payload...)
+				write(payload)
 			}
-			if cap(block)-len(block) < DataChunk {
+			if len(block) >= writePiece {
 				flush()
 			}
 			written += int64(len(payload))
@@ -786,11 +783,11 @@ func FormatBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// writeBlock is the most the receiver gathers before writing: one full DATA
-// frame, or several smaller ones. It goes to the disk in writes of at most
-// writePiece: fewer, larger writes cost the kernel less per byte, up to a
-// point (256 KiB measured a little cheaper than 512 KiB, 1 MiB clearly
-// slower).
+// writeBlock holds one full DATA frame, or several smaller ones (a rate-
+// limited sender's) until writePiece bytes are gathered. It goes to the disk
+// in writes of at most writePiece: fewer, larger writes cost the kernel less
+// per byte, up to a point (256 KiB measured a little cheaper than 512 KiB,
+// 1 MiB clearly slower).
 const (
 	writeBlock = DataChunk
 	writePiece = 256 << 10
