@@ -34,14 +34,15 @@
 //
 // The content hash (two-level BLAKE3) names a file's content; the transit sum
 // (XXH3-128 over the XXH3-128 of each DATA payload sent for a file, in
-// FILE_END) checks every byte moved. A sender need not hash its files before offering them: a file
-// offered with a size and no content hash starts flowing at once (the
-// sender's hash cache supplies the hashes of files it has hashed before). The
-// receiver needs a content hash only to tell whether a file it already
-// holds, with the same size, has the same content; it asks for exactly those
-// with HASH_REQUEST, once, before its DECISION. Partial copies are named
-// after the content hash when the offer has it, else after size and
-// modification time; a resume is checked through the prefix hash either way.
+// FILE_END) checks every byte moved. A sender need not hash its files before
+// offering them: a file offered with a size and no content hash starts
+// flowing at once (the sender's hash cache supplies the hashes of files it
+// has hashed before). The receiver needs a content hash only to tell whether
+// a file it already holds, with the same size, has the same content; it asks
+// for exactly those with HASH_REQUEST, once, before its DECISION. Partial
+// copies are named after the content hash when the offer has it, else after
+// size and modification time; a resume is checked through the prefix hash
+// either way.
 package transfer
 
 import (
@@ -168,7 +169,7 @@ func (fr *FrameReader) Next() (typ byte, payload []byte, err error) {
 // NextInto reads one frame like Next, except that a DATA payload is
 // appended to block, in place, when it fits within block's capacity: the
 // receiver gathers consecutive DATA payloads into one buffer it writes with
-// one system call, and no payload is copied on the way. The payload returned
+// few system calls, and no payload is copied on the way. The payload returned
 // is then block[len(block):len(block)+n]; the caller extends block over it.
 // A DATA payload that does not fit is read into the reader's own buffer.
 func (fr *FrameReader) NextInto(block []byte) (typ byte, payload []byte, err error) {

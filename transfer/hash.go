@@ -54,11 +54,12 @@ func (t transitSum) hex() string { return hex.EncodeToString(t.h.Sum(nil)) }
 // Every byte moved is checked instead by a transit sum over the DATA of one
 // file sent in one transfer (from its FILE_START offset to its end: the
 // XXH3-128 of the XXH3-128 digests of its DATA payloads), computed by the
-// sender as it reads them and by the receiver as it receives them, compared when FILE_END arrives; a file whose sums differ is not
-// promoted. The link itself is TLS 1.3 (authenticated encryption), so the
-// sum is not there against an attacker, who could not change a byte on the
-// way, but against everything between the sender's read and the receiver's
-// write — framing, buffering, reordering mistakes. XXH3 does that at ~30 GB/s
+// sender as it reads them and by the receiver as it receives them, compared
+// when FILE_END arrives; a file whose sums differ is not promoted. The link
+// itself is TLS 1.3 (authenticated encryption), so the sum is not there
+// against an attacker, who could not change a byte on the way, but against
+// everything between the sender's read and the receiver's write — framing,
+// buffering, reordering mistakes. XXH3 does that at ~30 GB/s
 // where BLAKE3 manages ~3 GB/s here: on a 2-core machine a BLAKE3 pass on
 // each side cost a third of the throughput. (rsync made the same choice,
 // xxh128, for its whole-file transfer checksum.)

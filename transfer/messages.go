@@ -10,8 +10,11 @@ import (
 	"unicode/utf8"
 )
 
-// Version is the protocol version carried in every OFFER.
-const Version = 3
+// Version is the protocol version carried in every OFFER. Version 4 (session
+// 3) changed only the transit sum: the XXH3-128 of per-payload XXH3-128
+// digests instead of the XXH3-128 of the bytes; a version 3 peer would see
+// every file as corrupted, so the versions do not talk to each other.
+const Version = 4
 
 // Kind is what an entry of an offer is.
 type Kind string
