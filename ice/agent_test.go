@@ -42,7 +42,7 @@ func connectAgents(t *testing.T, ca, cb Config, edit func(*Description)) (ra, rb
 func connectAgentsThen(t *testing.T, ca, cb Config, edit func(*Description), then func(*Conn)) (ra, rb result) {
 	t.Helper()
 	if testing.Verbose() {
-		ca.Logf, cb.Logf = t.Logf, t.Logf
+		ca.Logf, cb.Logf = chainLogf(ca.Logf, t.Logf), chainLogf(cb.Logf, t.Logf)
 	}
 	a, err := NewAgent(ca)
 	if err != nil {
@@ -93,12 +93,26 @@ func connectAgentsThen(t *testing.T, ca, cb Config, edit func(*Description), the
 	return ra, rb
 }
 
+func chainLogf(f, g func(string, ...any)) func(string, ...any) {
+	if f == nil {
+		return g
+	}
+	return func(format string, args ...any) { f(format, args...); g(format, args...) }
+}
+
 // exchange sends n random bytes each way and checks them. Both sides read
 // while both write, as a full-duplex application does (reading one side
 // first can stall a relay whose buffers couple the two directions), and
 // every read has a deadline, so a lost byte fails the test instead of
 // hanging it.
 func exchange(t *testing.T, x, y *Conn, n int) {
+	t.Helper()
+	exchangeTurns(t, x, y, n, true)
+}
+
+// exchangeTurns is exchange; with duplex false the bytes go one way, and
+// only once they have all arrived the other way (see relayImpl.halfDuplex).
+func exchangeTurns(t *testing.T, x, y *Conn, n int, duplex bool) {
 	t.Helper()
 	msgX, msgY := make([]byte, n), make([]byte, n)
 	rand.Read(msgX)
@@ -108,29 +122,37 @@ func exchange(t *testing.T, x, y *Conn, n int) {
 		c.SetDeadline(deadline)
 		defer c.SetDeadline(time.Time{})
 	}
-	errc := make(chan error, 4)
-	go func() { _, err := x.Write(msgX); errc <- err }()
-	go func() { _, err := y.Write(msgY); errc <- err }()
 	gotY, gotX := make([]byte, n), make([]byte, n)
-	go func() {
-		k, err := io.ReadFull(x, gotY)
-		if err != nil {
-			err = fmt.Errorf("read at the first side: %d of %d bytes: %w", k, n, err)
-		}
-		errc <- err
-	}()
-	go func() {
-		k, err := io.ReadFull(y, gotX)
-		if err != nil {
-			err = fmt.Errorf("read at the second side: %d of %d bytes: %w", k, n, err)
-		}
-		errc <- err
-	}()
-	for range 4 {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
+	send := func(from, to *Conn, msg, got []byte, side string) chan error {
+		errc := make(chan error, 2)
+		go func() { _, err := from.Write(msg); errc <- err }()
+		go func() {
+			k, err := io.ReadFull(to, got)
+			if err != nil {
+				err = fmt.Errorf("read at the %s side: %d of %d bytes: %w", side, k, n, err)
+			}
+			errc <- err
+		}()
+		return errc
+	}
+	wait := func(errc chan error) {
+		t.Helper()
+		for range 2 {
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
+	toY := send(x, y, msgX, gotX, "second")
+	if !duplex {
+		wait(toY)
+		toY = nil
+	}
+	toX := send(y, x, msgY, gotY, "first")
+	if toY != nil {
+		wait(toY)
+	}
+	wait(toX)
 	if !bytes.Equal(gotX, msgX) || !bytes.Equal(gotY, msgY) {
 		t.Fatal("data corrupted")
 	}

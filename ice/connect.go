@@ -56,6 +56,11 @@ type run struct {
 	// stuck: S-O pairs whose connect found the 4-tuple taken, and when to
 	// look again (see unstick).
 	stuck map[*Pair]time.Time
+	// redial: pairs on a peer's relayed candidate whose connection the
+	// relay closed before the check was answered, and when to connect
+	// again (see relayClosed); relayTries counts those connections.
+	redial     map[*Pair]time.Time
+	relayTries map[*Pair]int
 	// soDeadline: when a pending S-O connect's pair counts as failed (the
 	// connect itself goes on, see dial).
 	soDeadline map[*Pair]time.Time
@@ -89,6 +94,8 @@ func (a *Agent) Connect(ctx context.Context, remote Description) (*Conn, *Report
 		connOf:     map[*Pair]*pconn{},
 		dialing:    map[*Pair]bool{},
 		stuck:      map[*Pair]time.Time{},
+		redial:     map[*Pair]time.Time{},
+		relayTries: map[*Pair]int{},
 		soDeadline: map[*Pair]time.Time{},
 	}
 	var rc []Candidate
@@ -159,6 +166,16 @@ func (r *run) loop() (*Pair, error) {
 		}
 		r.expire(now)
 		r.unstick(now)
+		for p, t := range r.redial {
+			if !now.Before(t) {
+				delete(r.redial, p)
+				if r.connOf[p] == nil && p.State == InProgress {
+					r.logf("ice: connecting again to the relayed candidate %s (try %d)", p.Remote.Addr, r.relayTries[p]+1)
+					r.cl.Start(p, now)
+					r.check(p, now)
+				}
+			}
+		}
 		for p, t := range r.soDeadline {
 			if !now.Before(t) {
 				delete(r.soDeadline, p)
@@ -197,6 +214,11 @@ func (r *run) loop() (*Pair, error) {
 			}
 		}
 		for _, t := range r.soDeadline {
+			if t.Before(wake) {
+				wake = t
+			}
+		}
+		for _, t := range r.redial {
 			if t.Before(wake) {
 				wake = t
 			}
@@ -375,7 +397,9 @@ func (r *run) send(p *Pair, pc *pconn, now time.Time) {
 		err = pc.writeFrame(raw, r.a.cfg.CheckTimeout)
 	}
 	if err != nil {
-		r.cl.Fail(p, fmt.Errorf("send check: %w", err))
+		if !r.relayClosed(p, now) {
+			r.cl.Fail(p, fmt.Errorf("send check: %w", err))
+		}
 		return
 	}
 	r.checksSent++
@@ -399,7 +423,8 @@ func (r *run) handle(ev event) {
 			return
 		}
 		if ev.err != nil {
-			if r.connOf[ev.pair] == nil && ev.pair.State == InProgress {
+			refused := errors.Is(ev.err, syscall.ECONNRESET) || errors.Is(ev.err, syscall.ECONNREFUSED)
+			if r.connOf[ev.pair] == nil && ev.pair.State == InProgress && !(refused && r.relayClosed(ev.pair, now)) {
 				r.cl.Fail(ev.pair, fmt.Errorf("connect: %w", ev.err))
 			}
 			return
@@ -437,17 +462,48 @@ func (r *run) dropConn(pc *pconn, err error) {
 	r.a.mu.Lock()
 	delete(r.a.conns, pc)
 	r.a.mu.Unlock()
-	if p := pc.pair; p != nil && r.connOf[p] == pc {
-		delete(r.connOf, p)
-		if p.State != Failed && p.State != Succeeded {
-			r.cl.Fail(p, fmt.Errorf("connection: %w", err))
-		}
-	}
 	for id, t := range r.txns {
 		if t.pc == pc {
 			delete(r.txns, id)
 		}
 	}
+	if p := pc.pair; p != nil && r.connOf[p] == pc {
+		delete(r.connOf, p)
+		if p.State != Failed && p.State != Succeeded && !r.relayClosed(p, r.a.cfg.Now()) {
+			r.cl.Fail(p, fmt.Errorf("connection: %w", err))
+		}
+	}
+}
+
+// relayRetries: how often a check connects again to a peer's relayed
+// candidate whose relay closed the connection; the waits before them double
+// from relayRetryWait (50 ms, 100 ms, ... 1.6 s: 3.15 s in all).
+const (
+	relayRetries   = 6
+	relayRetryWait = 50 * time.Millisecond
+)
+
+// relayClosed handles the relay closing our connection to the peer's
+// relayed candidate before the check was answered. A TURN server closes at
+// once a connection on a relayed address from an address the allocation
+// has no permission for (RFC 6062 §5.3; pion's server after accepting it,
+// coturn with a reset before our connect returns); the peer
+// installs permissions for our addresses only once it has our description,
+// so a check that arrives before that (our side got the peer's description
+// first) meets a closed connection, and there is no retransmission over
+// TCP to cover it as there is over UDP. So the pair stays in progress and
+// connects again a little later, a few times; it reports whether it will.
+func (r *run) relayClosed(p *Pair, now time.Time) bool {
+	if p.Remote.Type != Relayed || p.State != InProgress || r.relayTries[p] >= relayRetries {
+		return false
+	}
+	wait := relayRetryWait << r.relayTries[p]
+	r.relayTries[p]++
+	if !now.Add(wait).Before(r.deadline) {
+		return false
+	}
+	r.redial[p] = now.Add(wait)
+	return true
 }
 
 // handOver stops the winner's reader without losing buffered bytes,

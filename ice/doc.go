@@ -84,4 +84,9 @@
 //   - When the peer's first check arrives after some direct pairs failed
 //     (it started late), those pairs are checked once more and the relay
 //     waits at least CheckTimeout more (Checklist.PeerActive).
+//   - A check on the peer's relayed candidate can arrive before the peer has
+//     our description and so before its TURN server has a permission for
+//     us: the server closes the connection (RFC 6062 §5.3), and TCP has no
+//     retransmission to cover that. Such a pair connects again after 50 ms,
+//     100 ms, ... up to six times, 3.15 s in all (run.relayClosed).
 package ice
