@@ -82,8 +82,9 @@ type relayImpl struct {
 	// limit too (ns_ioalib_engine_impl.c). 300 kB each way at once through
 	// it failed CI that way once; 8 MiB each way fails nearly every time.
 	// The project's server (pion's, one copy per direction) has no such
-	// coupling and is tested full duplex. Over a stalled coturn relay a
-	// link's keepalive times out and the transfer resumes on a new link.
+	// coupling and is tested full duplex. Over a stalled coturn relay the
+	// link's keepalive (go-yamux's, every 30 s) closes the link; a transfer
+	// sent again resumes from its partial files.
 	halfDuplex bool
 }
 
