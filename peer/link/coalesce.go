@@ -24,7 +24,15 @@ type recordBatcher struct {
 	batching bool
 	buf      []byte
 	err      error // sticky: a failed flush fails every later write
+
+	rd bulkReader // the read side: see readbuf.go
 }
+
+func newRecordBatcher(c net.Conn) *recordBatcher {
+	return &recordBatcher{Conn: c, rd: bulkReader{conn: c}}
+}
+
+func (b *recordBatcher) Read(p []byte) (int, error) { return b.rd.Read(p) }
 
 // maxBatch bounds the batch buffer; a larger application write is sent in
 // several batches of about this size.

@@ -157,7 +157,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, client bool) (*Li
 		Time:                  cfg.Time,
 		ServerName:            "del",
 	}
-	raw := &recordBatcher{Conn: conn}
+	raw := newRecordBatcher(conn)
 	var tconn *tls.Conn
 	if client {
 		tconn = tls.Client(raw, tc)
