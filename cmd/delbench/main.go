@@ -220,23 +220,30 @@ func benchTransfer(args []string) error {
 	}
 	type contender struct {
 		name string
-		run  func(out string) (sample, error)
+		// run calls ready (the warm-up) once its receiver listens, right
+		// before its sender starts.
+		run func(out string, ready func() error) (sample, error)
 	}
 	cs := []contender{
-		{"plain TCP copy", func(out string) (sample, error) {
-			return runPair(self, []string{"copy-recv", "--out", out}, self, []string{"copy-send", "--addr", "%s", src}, nil, nil)
+		{"plain TCP copy", func(out string, ready func() error) (sample, error) {
+			return runPair(self, []string{"copy-recv", "--out", out}, self, []string{"copy-send", "--addr", "%s", src}, nil, nil, ready)
 		}},
-		{"bare TLS 1.3 copy", func(out string) (sample, error) {
-			return runPair(self, []string{"copy-recv", "--tls", "--out", out}, self, []string{"copy-send", "--tls", "--addr", "%s", src}, nil, nil)
+		{"bare TLS 1.3 copy", func(out string, ready func() error) (sample, error) {
+			return runPair(self, []string{"copy-recv", "--tls", "--out", out}, self, []string{"copy-send", "--tls", "--addr", "%s", src}, nil, nil, ready)
 		}},
-		{"del send/receive", func(out string) (sample, error) {
+		{"del send/receive", func(out string, ready func() error) (sample, error) {
 			return runPair(*del, []string{"receive", "--listen", "127.0.0.1:0", "--yes", "--quiet", "--dir", out}, *del, []string{"send", "--quiet", "%s", src},
-				[]string{"DEL_HOME=" + homes[0]}, []string{"DEL_HOME=" + homes[1]})
+				[]string{"DEL_HOME=" + homes[0]}, []string{"DEL_HOME=" + homes[1]}, ready)
 		}},
 	}
 	if *croc != "" {
 		if _, err := exec.LookPath(*croc); err == nil {
-			cs = append(cs, contender{"croc --no-compress", func(out string) (sample, error) { return runCroc(*croc, src, out) }})
+			cs = append(cs, contender{"croc --no-compress", func(out string, ready func() error) (sample, error) {
+				if err := ready(); err != nil {
+					return sample{}, err
+				}
+				return runCroc(*croc, src, out)
+			}})
 		} else {
 			fmt.Printf("croc: %s not found, skipped\n", *croc)
 		}
@@ -268,11 +275,24 @@ func benchTransfer(args []string) error {
 	// reporting, as here), writing into pages the host no longer backs costs
 	// several times more, and which pages a run gets otherwise depends on
 	// what ran before it (measured: the bare TLS copy 1.3 s after its own
-	// run, 2.5 s after the plain TCP copy's).
+	// run, 2.5 s after the plain TCP copy's). The warm-up comes once the
+	// receiver listens, right before the sender starts: the pages it leaves
+	// go back to the host within a second or two (the same copy: 1.12 s
+	// started at once, 1.28 s half a second later, 1.57 s two seconds
+	// later, medians of 5), so a contender whose receiver takes longer to
+	// start must not meet a colder machine for it.
 	scratch := filepath.Join(work, "warm-up")
 	warm := func() error {
 		defer os.Remove(scratch)
-		return writeZeros(scratch, *size)
+		if err := writeZeros(scratch, *size); err != nil {
+			return err
+		}
+		os.Remove(scratch)
+		// Each run starts with no dirty page cache: otherwise the
+		// kernel's writeback of earlier runs' output (1 GiB each)
+		// lands on whichever contender runs next.
+		syscall.Sync()
+		return nil
 	}
 	all := make([][]sample, len(cs))
 	for i := 0; i < *runs; i++ {
@@ -284,14 +304,7 @@ func benchTransfer(args []string) error {
 			c := cs[ci]
 			out := filepath.Join(work, fmt.Sprintf("out-%d", i))
 			os.RemoveAll(out)
-			if err := warm(); err != nil {
-				return err
-			}
-			// Each run starts with no dirty page cache: otherwise the
-			// kernel's writeback of earlier runs' output (1 GiB each)
-			// lands on whichever contender runs next.
-			syscall.Sync()
-			s, err := c.run(out)
+			s, err := c.run(out, warm)
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
@@ -340,9 +353,9 @@ func benchTransfer(args []string) error {
 	return nil
 }
 
-// runPair starts the receiver, waits for its "listening X" line, runs the
-// sender with %s replaced by X, and waits for both.
-func runPair(rbin string, rargs []string, sbin string, sargs []string, renv, senv []string) (sample, error) {
+// runPair starts the receiver, waits for its "listening X" line, calls
+// ready, runs the sender with %s replaced by X, and waits for both.
+func runPair(rbin string, rargs []string, sbin string, sargs []string, renv, senv []string, ready func() error) (sample, error) {
 	r := exec.Command(rbin, rargs...)
 	r.Env = append(os.Environ(), renv...)
 	stdout, _ := r.StdoutPipe()
@@ -365,6 +378,9 @@ func runPair(rbin string, rargs []string, sbin string, sargs []string, renv, sen
 		return sample{}, fmt.Errorf("receiver did not start: %s", rerr.String())
 	}
 	go io.Copy(io.Discard, stdout)
+	if err := ready(); err != nil {
+		return sample{}, err
+	}
 	args := make([]string, len(sargs))
 	for i, a := range sargs {
 		args[i] = strings.ReplaceAll(a, "%s", addr)
