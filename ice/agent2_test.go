@@ -151,25 +151,10 @@ func testRelayAfterDirectFails(t *testing.T, impl relayImpl) {
 	ca := Config{Addrs: loopback, Relay: withCount(impl.relay(srv), &closed), CheckTimeout: 500 * time.Millisecond}
 	cb := Config{Addrs: loopback, TCPTypes: []TCPType{Active}, CheckTimeout: 500 * time.Millisecond, Controlling: true}
 	ca.Controlling = false
-	ra, rb := connectAgents(t, ca, cb, func(d *Description) {
-		// a is "behind a NAT": b sees only its relayed candidate and a dead host one
-		var keep []Candidate
-		for _, c := range d.Candidates {
-			if c.Type == Relayed {
-				keep = append(keep, c)
-			}
-		}
-		keep = append(keep, Candidate{Foundation: "dead", Component: 1, Priority: Priority(Host, Passive, 0, 1), Addr: silent, Type: Host, TCPType: Passive})
-		d.Candidates = keep
-	})
-	if ra.err != nil || rb.err != nil {
-		t.Fatalf("%v / %v\n%s%s", ra.err, rb.err, ra.rep, rb.rep)
-	}
-	t.Logf("\n%s%s", ra.rep, rb.rep)
-	sel := rb.rep.SelectedPair()
-	if sel.Remote.Type != Relayed {
-		t.Fatalf("selected %+v, want the relayed pair", sel)
-	}
+	// a is "behind a NAT": b sees only its relayed candidate and a dead host one
+	dead := Candidate{Foundation: "dead", Component: 1, Priority: Priority(Host, Passive, 0, 1), Addr: silent, Type: Host, TCPType: Passive}
+	ra, rb := connectAgents(t, ca, cb, onlyRelayed(dead))
+	relayedSelected(t, ra, rb)
 	var direct *PairReport
 	for i, p := range rb.rep.Pairs {
 		if p.Remote.Type == Host {
@@ -227,15 +212,32 @@ func testRelayCheckBeforePermission(t *testing.T, impl relayImpl) {
 				once.Do(func() { close(refused) })
 			}
 		}}
-	ra, rb := connectAgents(t, ca, cb, func(d *Description) {
+	ra, rb := connectAgents(t, ca, cb, onlyRelayed())
+	sel := relayedSelected(t, ra, rb)
+	if sel.Checks < 2 {
+		t.Errorf("relayed pair selected after %d checks; the first should have met a closed connection", sel.Checks)
+	}
+	exchangeTurns(t, ra.conn, rb.conn, 100_000, !impl.halfDuplex)
+}
+
+// onlyRelayed edits a description down to its relayed candidates, plus
+// extra.
+func onlyRelayed(extra ...Candidate) func(*Description) {
+	return func(d *Description) {
 		var keep []Candidate
 		for _, c := range d.Candidates {
 			if c.Type == Relayed {
 				keep = append(keep, c)
 			}
 		}
-		d.Candidates = keep
-	})
+		d.Candidates = append(keep, extra...)
+	}
+}
+
+// relayedSelected checks that both connected and b selected a pair on a's
+// relayed candidate, and returns b's selected pair.
+func relayedSelected(t *testing.T, ra, rb result) *PairReport {
+	t.Helper()
 	if ra.err != nil || rb.err != nil {
 		t.Fatalf("%v / %v\n%s%s", ra.err, rb.err, ra.rep, rb.rep)
 	}
@@ -244,10 +246,7 @@ func testRelayCheckBeforePermission(t *testing.T, impl relayImpl) {
 	if sel.Remote.Type != Relayed {
 		t.Fatalf("selected %+v, want the relayed pair", sel)
 	}
-	if sel.Checks < 2 {
-		t.Errorf("relayed pair selected after %d checks; the first should have met a closed connection", sel.Checks)
-	}
-	exchangeTurns(t, ra.conn, rb.conn, 100_000, !impl.halfDuplex)
+	return sel
 }
 
 // gatedPermit holds Permit until open is closed (or 10 s passed).
