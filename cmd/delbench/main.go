@@ -283,11 +283,11 @@ func benchTransfer(args []string) error {
 	// start must not meet a colder machine for it.
 	scratch := filepath.Join(work, "warm-up")
 	warm := func() error {
-		defer os.Remove(scratch)
-		if err := writeZeros(scratch, *size); err != nil {
+		err := writeZeros(scratch, *size)
+		os.Remove(scratch)
+		if err != nil {
 			return err
 		}
-		os.Remove(scratch)
 		// Each run starts with no dirty page cache: otherwise the
 		// kernel's writeback of earlier runs' output (1 GiB each)
 		// lands on whichever contender runs next.
