@@ -52,6 +52,11 @@ type ReceiveOptions struct {
 	Remote string
 	// FreeSpace returns the bytes available in a folder; nil uses statfs.
 	FreeSpace func(dir string) (int64, error)
+	// Fsync makes each file durable before it is confirmed to the sender:
+	// its data is flushed to the disk before the rename, and its folder
+	// after, so a confirmed file survives a power cut, not only a crash of
+	// the process. It costs the time to write the data out.
+	Fsync bool
 }
 
 // Receive answers one offer arriving on conn. It returns nil only when every
@@ -709,6 +714,11 @@ func (r *receiver) openPartial(st *fileState, offset int64) (*os.File, error) {
 // promote closes f and, if the file verified, moves it into place; otherwise
 // it removes the partial copy, which cannot be trusted.
 func (r *receiver) promote(f *os.File, e *Entry, st *fileState, verr error) error {
+	if verr == nil && r.opts.Fsync {
+		if err := syncFile(f); err != nil {
+			verr = fmt.Errorf("flush to disk: %w", err)
+		}
+	}
 	cerr := f.Close()
 	partial := filepath.FromSlash(st.partial)
 	if verr == nil {
@@ -734,8 +744,22 @@ func (r *receiver) promote(f *os.File, e *Entry, st *fileState, verr error) erro
 	if err := r.root.Rename(partial, name); err != nil {
 		return fmt.Errorf("move %s into place: %w", e.Path, err)
 	}
+	if r.opts.Fsync {
+		// the rename itself is durable once the folder is
+		d, err := r.root.Open(filepath.Dir(name))
+		if err == nil {
+			err = syncFile(d)
+			d.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("flush the folder of %s to disk: %w", e.Path, err)
+		}
+	}
 	return nil
 }
+
+// syncFile is (*os.File).Sync; tests count its calls.
+var syncFile = (*os.File).Sync
 
 // partialName is where a file's partial copy lives while it arrives: beside
 // the final name (same filesystem, so the final rename is atomic), hidden,

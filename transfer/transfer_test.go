@@ -540,3 +540,101 @@ func TestRateLimitedSendIsEven(t *testing.T) {
 		t.Errorf("sent %d bytes in %v at a %d B/s limit; expected at least %v", len(data), elapsed, rate, min)
 	}
 }
+
+// TestFsync: with Fsync each file's data is flushed before it takes its
+// final name and its folder after, all before the sender hears the file
+// arrived; a failed flush fails the file (nothing under the final name).
+// Without Fsync nothing is flushed.
+func TestFsync(t *testing.T) {
+	in := t.TempDir()
+	writeFile(t, filepath.Join(in, "tree", "a.bin"), randomBytes(t, DataChunk+5), 0o644)
+	writeFile(t, filepath.Join(in, "tree", "sub", "b.txt"), []byte("b"), 0o644)
+	type call struct {
+		name  string
+		isDir bool
+		// for a folder: the file flushed just before had its final name
+		// and its partial copy was gone
+		renamed bool
+	}
+	var calls []call
+	fail, lastPartial := "", ""
+	orig := syncFile
+	t.Cleanup(func() { syncFile = orig })
+	for _, fsync := range []bool{true, false} {
+		calls, fail, lastPartial = nil, "", ""
+		out := t.TempDir()
+		syncFile = func(f *os.File) error {
+			st, err := f.Stat()
+			if err != nil {
+				return err
+			}
+			c := call{name: f.Name(), isDir: st.IsDir()}
+			if c.isDir && lastPartial != "" {
+				// ".NAME.TAG.delpart" became "NAME"
+				base := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(lastPartial), "."), ".delpart")
+				final := filepath.Join(filepath.Dir(lastPartial), base[:strings.LastIndex(base, ".")])
+				_, perr := os.Stat(lastPartial)
+				_, ferr := os.Stat(final)
+				c.renamed = errors.Is(perr, fs.ErrNotExist) && ferr == nil
+			} else if !c.isDir {
+				lastPartial = c.name
+			}
+			calls = append(calls, c)
+			if fail != "" && strings.Contains(f.Name(), fail) {
+				return errors.New("disk on fire")
+			}
+			return orig(f)
+		}
+		send, recv := run(t, scan(t, filepath.Join(in, "tree")), ReceiveOptions{Dir: out, Decide: accept, Fsync: fsync}, nil)
+		if send.err != nil || recv.err != nil || send.rep.Files != 2 {
+			t.Fatalf("fsync=%v: send %v, receive %v", fsync, send.err, recv.err)
+		}
+		if !fsync {
+			if len(calls) != 0 {
+				t.Fatalf("without Fsync: %d flushes", len(calls))
+			}
+			continue
+		}
+		// a file flush (of the partial copy, before its rename), then its folder
+		var files, dirs []string
+		for _, c := range calls {
+			if c.isDir {
+				dirs = append(dirs, c.name)
+			} else {
+				files = append(files, filepath.Base(c.name))
+			}
+		}
+		if len(files) != 2 || len(dirs) != 2 {
+			t.Fatalf("flushes: files %v, folders %v", files, dirs)
+		}
+		for i, c := range calls {
+			if c.isDir != (i%2 == 1) {
+				t.Fatalf("flush order %+v: want file, folder, file, folder", calls)
+			}
+			if !c.isDir && !strings.HasSuffix(c.name, ".delpart") {
+				t.Errorf("flushed %s, not the partial copy before its rename", c.name)
+			}
+			if c.isDir && !c.renamed {
+				t.Errorf("folder %s flushed before the file flushed just before took its final name", c.name)
+			}
+		}
+	}
+
+	// a failed flush: that file is refused, nothing under its name
+	calls, fail = nil, "a.bin"
+	out := t.TempDir()
+	send, recv := run(t, scan(t, filepath.Join(in, "tree")), ReceiveOptions{Dir: out, Decide: accept, Fsync: true}, nil)
+	if send.err == nil || recv.err == nil || send.rep.Files != 1 {
+		t.Fatalf("a flush failed: send %v (%d files confirmed), receive %v", send.err, send.rep.Files, recv.err)
+	}
+	if !strings.Contains(recv.err.Error(), "disk on fire") && !strings.Contains(strings.Join(recv.rep.Failed, ";"), "disk on fire") {
+		t.Errorf("the error does not say why: %v %v", recv.err, recv.rep.Failed)
+	}
+	if _, err := os.Stat(filepath.Join(out, "tree", "a.bin")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a.bin under its final name after its flush failed: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(out, "tree", ".*delpart"))
+	if len(left) != 0 {
+		t.Errorf("partial copies left: %v", left)
+	}
+}

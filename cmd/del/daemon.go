@@ -57,6 +57,7 @@ type ctlRequest struct {
 	Channel   string   `json:"channel,omitempty"`
 	Yes       bool     `json:"yes,omitempty"`
 	Overwrite bool     `json:"overwrite,omitempty"`
+	Fsync     bool     `json:"fsync,omitempty"`
 }
 
 type ctlEvent struct {
@@ -197,11 +198,12 @@ func (d *daemon) acceptTransfers(ctx context.Context) {
 func (d *daemon) receive(ctx context.Context, in peer.Incoming, w *receiveWaiter) {
 	defer peer.Finish(in.Conn, 10*time.Second)
 	remote := in.Link.Remote.String()
-	opts := transfer.ReceiveOptions{Remote: remote, Dir: d.cfg.DownloadDir}
+	opts := transfer.ReceiveOptions{Remote: remote, Dir: d.cfg.DownloadDir, Fsync: d.cfg.Fsync}
 	policy := d.cfg.Accept
 	if w != nil {
 		defer close(w.done)
 		opts.Dir, opts.Overwrite, opts.Progress = w.req.Dir, w.req.Overwrite, w.ev
+		opts.Fsync = opts.Fsync || w.req.Fsync
 		if w.req.Yes {
 			policy = config.Accept{Contacts: config.AcceptAuto, Others: config.AcceptAuto}
 		}

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/del-share/del/identity"
 	"github.com/del-share/del/internal/netlab"
+	"github.com/del-share/del/internal/testenv"
 	"github.com/del-share/del/internal/testkeys"
 )
 
@@ -58,6 +60,8 @@ type device struct {
 	t    *testing.T
 	home string
 	id   identity.ID
+	// wrap, if set, runs del under this command (as its first arguments)
+	wrap []string
 	ns   *netlab.NS
 	env  []string
 }
@@ -69,11 +73,16 @@ func newDevice(t *testing.T, key int) *device {
 }
 
 func (d *device) cmd(args ...string) *exec.Cmd {
+	bin := delBinary(d.t)
+	if len(d.wrap) > 0 {
+		args = append(append(d.wrap[1:len(d.wrap):len(d.wrap)], bin), args...)
+		bin = d.wrap[0]
+	}
 	var c *exec.Cmd
 	if d.ns != nil {
-		c = d.ns.Command(delBinary(d.t), args...)
+		c = d.ns.Command(bin, args...)
 	} else {
-		c = exec.Command(delBinary(d.t), args...)
+		c = exec.Command(bin, args...)
 	}
 	c.Env = append(append(os.Environ(), "DEL_HOME="+d.home), d.env...)
 	return c
@@ -421,4 +430,44 @@ func TestCLIDemo(t *testing.T) {
 			t.Fatalf("demo output lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// TestCLIFsync: `del receive --fsync` flushes every received file and its
+// folder to disk before confirming it (seen by strace: two more fsync calls
+// per file than the same transfer without the flag).
+func TestCLIFsync(t *testing.T) {
+	strace := testenv.NeedBinary(t, "strace")
+	src := filepath.Join(t.TempDir(), "project")
+	writeTree(t, src)
+	fsyncs := func(flags ...string) (calls, files int) {
+		t.Helper()
+		alice, bob := newDevice(t, 0), newDevice(t, 1)
+		log := filepath.Join(t.TempDir(), "strace.log")
+		bob.wrap = []string{strace, "-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", log}
+		inbox := filepath.Join(t.TempDir(), "inbox")
+		r := bob.receive(append([]string{"--dir", inbox, "--yes"}, flags...)...)
+		if out, err := alice.cmd("send", r.target, src).CombinedOutput(); err != nil {
+			t.Fatalf("send: %v\n%s", err, out)
+		}
+		if err := r.wait(t); err != nil {
+			t.Fatalf("receive: %v\n%s", err, r.stderr)
+		}
+		sameFiles(t, src, filepath.Join(inbox, "project"))
+		m := regexp.MustCompile(`received (\d+) file`).FindStringSubmatch(r.stdout.String())
+		if m == nil {
+			t.Fatalf("no summary: %s", r.stdout)
+		}
+		files, _ = strconv.Atoi(m[1])
+		b, err := os.ReadFile(log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), "fsync("), files
+	}
+	base, n := fsyncs()
+	with, _ := fsyncs("--fsync")
+	if n == 0 || with < base+2*n {
+		t.Fatalf("%d files: %d fsync calls with --fsync, %d without; want at least %d more", n, with, base, 2*n)
+	}
+	t.Logf("%d files: %d fsync calls with --fsync, %d without", n, with, base)
 }

@@ -25,6 +25,7 @@ type receiveCmd struct {
 	yes       bool
 	toStdout  bool
 	overwrite bool
+	fsync     bool
 	from      string
 	quiet     bool
 	turnURL   string
@@ -60,6 +61,7 @@ limiting who may send, or a code phrase (entering it is consent).`,
 	f.BoolVarP(&r.yes, "yes", "y", false, "accept the offer without asking")
 	f.BoolVar(&r.toStdout, "stdout", false, "write the single received file to stdout")
 	f.BoolVar(&r.overwrite, "overwrite", false, "replace existing files that have other content")
+	f.BoolVar(&r.fsync, "fsync", false, "flush each file to disk before confirming it (default: fsync of config.toml)")
 	f.StringVar(&r.from, "from", "", "accept only this peer id")
 	f.BoolVarP(&r.quiet, "quiet", "q", false, "no progress output")
 	f.StringVar(&r.turnURL, "turn", "", "also listen on a TURN relay: turn://USER:PASS@HOST:PORT (default $DEL_TURN)")
@@ -108,6 +110,7 @@ func (r *receiveCmd) run(cmd *cobra.Command, args []string) error {
 	r.opts = transfer.ReceiveOptions{
 		Dir:       r.dir,
 		Overwrite: r.overwrite,
+		Fsync:     r.fsync || r.cfg.Fsync,
 		Progress:  newProgress(cmd.ErrOrStderr(), "receiving", r.quiet),
 		Decide:    consentPolicy(r.yes, contacts, r.cfg.Accept, askTerminal),
 	}
@@ -142,7 +145,7 @@ func (r *receiveCmd) viaDaemon(c net.Conn, code bool) error {
 		c.Close()
 		return err
 	}
-	text, err := viaDaemon(c, ctlRequest{Op: "receive", Dir: absDir, Yes: r.yes, Overwrite: r.overwrite}, r.opts.Progress, r.info)
+	text, err := viaDaemon(c, ctlRequest{Op: "receive", Dir: absDir, Yes: r.yes, Overwrite: r.overwrite, Fsync: r.fsync}, r.opts.Progress, r.info)
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,10 @@ type Config struct {
 	// (default: the current folder).
 	DownloadDir string `toml:"download_dir"`
 	Accept      Accept `toml:"accept"`
+	// Fsync flushes each received file to disk before it is confirmed
+	// (as `del receive --fsync`): a confirmed file then survives a power
+	// cut, at the cost of waiting for the disk.
+	Fsync bool `toml:"fsync"`
 }
 
 // Accept is the consent policy for incoming transfers.

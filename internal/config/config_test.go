@@ -23,11 +23,15 @@ func TestLoadDefaultsFileAndEnv(t *testing.T) {
 	if c.Accept.Contacts != AcceptAuto || c.Accept.Others != AcceptAsk {
 		t.Fatalf("default accept policy %+v", c.Accept)
 	}
+	if c.Fsync {
+		t.Fatal("fsync on by default")
+	}
 	os.WriteFile(filepath.Join(home, FileName), []byte(`
 bootstrap = ["10.0.0.1:4222", "10.0.0.2:4222"]
 turn = "turn://u:p@10.0.0.3:3478"
 interfaces = ["eth0"]
 download_dir = "/srv/inbox"
+fsync = true
 [accept]
 others = "refuse"
 `), 0o644)
@@ -35,7 +39,7 @@ others = "refuse"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Bootstrap) != 2 || c.TURN != "turn://u:p@10.0.0.3:3478" || c.DownloadDir != "/srv/inbox" || c.Accept.Others != AcceptRefuse || c.Accept.Contacts != AcceptAuto {
+	if len(c.Bootstrap) != 2 || c.TURN != "turn://u:p@10.0.0.3:3478" || c.DownloadDir != "/srv/inbox" || c.Accept.Others != AcceptRefuse || c.Accept.Contacts != AcceptAuto || !c.Fsync {
 		t.Fatalf("from the file: %+v", c)
 	}
 	// The environment wins, and an empty variable clears the setting.
