@@ -155,6 +155,7 @@ type Agent struct {
 	// (see run.unstick).
 	soListeners map[netip.AddrPort]net.Listener
 	relay       RelayAllocation
+	permitted   map[netip.Addr]bool // asked of the relay already (see Permit)
 	accepted    chan acceptedConn
 	conns       map[*pconn]bool
 	handedOut   *pconn

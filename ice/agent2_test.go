@@ -220,6 +220,84 @@ func testRelayCheckBeforePermission(t *testing.T, impl relayImpl) {
 	exchangeTurns(t, ra.conn, rb.conn, 100_000, !impl.halfDuplex)
 }
 
+// TestPermitBeforeAnswer: the answering side installs its permissions for
+// the requester before sending its description (Agent.Permit), so the
+// requester's first check on its relayed candidate goes through, and
+// Connect does not ask the relay again.
+func TestPermitBeforeAnswer(t *testing.T) {
+	srv := startDelTURN(t, "127.0.0.1", delturnLoopback...)
+	var asked []netip.Addr
+	var mu sync.Mutex
+	counted := func(ctx context.Context) (RelayAllocation, error) {
+		r, err := delRelay(srv)(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return permitLog{r, &mu, &asked}, nil
+	}
+	retried := false
+	b, err := NewAgent(Config{Addrs: loopback, TCPTypes: []TCPType{Active}, Controlling: true,
+		Logf: func(format string, _ ...any) {
+			retried = retried || strings.HasPrefix(format, "ice: connecting again to the relayed candidate")
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewAgent(Config{Addrs: loopback, Relay: counted, TCPTypes: []TCPType{Passive}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	ctx := context.Background()
+	db, err := b.Gather(ctx) // the request
+	if err != nil {
+		t.Fatal(err)
+	}
+	da, err := a.Gather(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Permit(db) // before the answer leaves
+	onlyRelayed()(&da)
+	ch := make(chan result, 1)
+	go func() { c, rep, err := b.Connect(ctx, da); ch <- result{c, rep, err} }()
+	c, rep, err := a.Connect(ctx, db)
+	ra, rb := result{c, rep, err}, <-ch
+	for _, r := range []result{ra, rb} {
+		if r.conn != nil {
+			t.Cleanup(func() { r.conn.Close() })
+		}
+	}
+	relayedSelected(t, ra, rb)
+	if retried {
+		t.Error("the first check on the relayed candidate was refused although the permission was installed before")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	seen := map[netip.Addr]int{}
+	for _, ip := range asked {
+		seen[ip]++
+	}
+	if seen[netip.MustParseAddr("127.0.0.1")] != 1 {
+		t.Errorf("permissions asked: %v; want 127.0.0.1 once", asked)
+	}
+	exchange(t, ra.conn, rb.conn, 10_000)
+}
+
+// permitLog records the addresses each Permit asks for.
+type permitLog struct {
+	RelayAllocation
+	mu    *sync.Mutex
+	asked *[]netip.Addr
+}
+
+func (p permitLog) Permit(ips []netip.Addr) error {
+	p.mu.Lock()
+	*p.asked = append(*p.asked, ips...)
+	p.mu.Unlock()
+	return p.RelayAllocation.Permit(ips)
+}
+
 // onlyRelayed edits a description down to its relayed candidates, plus
 // extra.
 func onlyRelayed(extra ...Candidate) func(*Description) {

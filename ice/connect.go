@@ -109,19 +109,7 @@ func (a *Agent) Connect(ctx context.Context, remote Description) (*Conn, *Report
 	r.cl.Nomination = a.cfg.Nomination
 	r.cl.Settle = a.cfg.Settle
 	r.cl.DirectDeadline = now.Add(a.cfg.DirectTimeout)
-	a.mu.Lock()
-	relay := a.relay
-	a.mu.Unlock()
-	if relay != nil {
-		var ips []netip.Addr
-		for _, c := range rc {
-			ips = append(ips, c.Addr.Addr(), c.Related.Addr())
-		}
-		// one request per address (see RelayAllocation.Permit)
-		if err := relay.Permit(validAddrs(ips)); err != nil {
-			a.cfg.Logf("ice: relay permissions: %v", err)
-		}
-	}
+	a.Permit(remote)
 	sel, err := r.loop()
 	var conn *Conn
 	if err == nil {
@@ -136,6 +124,47 @@ func (a *Agent) Connect(ctx context.Context, remote Description) (*Conn, *Report
 		return nil, rep, err
 	}
 	return conn, rep, nil
+}
+
+// Permit lets the peer of remote reach our relayed candidate: it installs
+// a permission on the relay allocation for each of remote's addresses
+// (RFC 8656 §9; a TURN server closes a connection from an address without
+// one, RFC 6062 §5.3). Connect does it first thing; an agent that has the
+// peer's description before it sends its own (the answering side) should
+// call it before sending, so that the peer's first check finds the
+// permission in place. Addresses asked once are not asked again.
+func (a *Agent) Permit(remote Description) {
+	var ips []netip.Addr
+	for _, c := range remote.Candidates {
+		if c.Component == 1 {
+			ips = append(ips, c.Addr.Addr(), c.Related.Addr())
+		}
+	}
+	a.mu.Lock()
+	relay := a.relay
+	if relay == nil { // no relayed candidate (Gather makes it)
+		a.mu.Unlock()
+		return
+	}
+	var fresh []netip.Addr
+	for _, ip := range validAddrs(ips) {
+		if !a.permitted[ip] {
+			if a.permitted == nil {
+				a.permitted = map[netip.Addr]bool{}
+			}
+			a.permitted[ip] = true
+			fresh = append(fresh, ip)
+		}
+	}
+	a.mu.Unlock()
+	if len(fresh) == 0 {
+		return
+	}
+	// one request per address (see RelayAllocation.Permit); an address the
+	// server refuses is refused again if asked again
+	if err := relay.Permit(fresh); err != nil {
+		a.cfg.Logf("ice: relay permissions: %v", err)
+	}
 }
 
 func validAddrs(in []netip.Addr) []netip.Addr {

@@ -602,6 +602,9 @@ func (h *Host) answer(from identity.ID, req signal) error {
 	if err != nil {
 		return err
 	}
+	// The requester checks as soon as it has the answer: our relay must
+	// already let it in.
+	agent.Permit(remote)
 	ans := signal{Kind: "answer", From: h.ID().String(), To: from.String(), Nonce: req.Nonce,
 		Time: h.cfg.Now().Unix(), ICE: string(desc.Marshal())}
 	if err := h.put(ctx, from, pub, ans); err != nil {
