@@ -2,8 +2,10 @@ package ice
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/del-share/del/turn"
@@ -32,16 +34,21 @@ func (t turnAlloc) Close() error { return t.a.Close() }
 
 // Permit asks for each IP on its own: a server refuses a whole
 // CreatePermission when one address is in a denied range (a peer's private
-// host address, typically), and the others must still get through.
+// host address, typically), and the others must still get through. The
+// requests go out together: one round trip to the server, not one per
+// address, before the peer's checks can get in.
 func (t turnAlloc) Permit(ips []netip.Addr) error {
-	var first error
-	for _, ip := range ips {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := t.a.Permit(ctx, ip)
-		cancel()
-		if err != nil && first == nil {
-			first = err
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	errs := make([]error, len(ips))
+	var wg sync.WaitGroup
+	for i, ip := range ips {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = t.a.Permit(ctx, ip)
+		}()
 	}
-	return first
+	wg.Wait()
+	return errors.Join(errs...)
 }
