@@ -145,33 +145,16 @@ func NewFrameReader(r io.Reader) *FrameReader {
 }
 
 // Next reads one frame. The payload is valid until the next call.
-func (fr *FrameReader) Next() (typ byte, payload []byte, err error) {
-	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	typ, n, err := ParseHeader(fr.hdr[:])
-	if err != nil {
-		return typ, nil, err
-	}
-	if cap(fr.buf) < n {
-		fr.buf = make([]byte, n)
-	}
-	fr.buf = fr.buf[:n]
-	if _, err := io.ReadFull(fr.r, fr.buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return typ, nil, fmt.Errorf("transfer: read %s payload: %w", FrameName(typ), err)
-	}
-	return typ, fr.buf, nil
-}
+func (fr *FrameReader) Next() (typ byte, payload []byte, err error) { return fr.NextInto(nil) }
 
 // NextInto reads one frame like Next, except that a DATA payload is
 // appended to block, in place, when it fits within block's capacity: the
 // receiver gathers consecutive DATA payloads into one buffer it writes with
 // few system calls, and no payload is copied on the way. The payload returned
 // is then block[len(block):len(block)+n]; the caller extends block over it.
-// A DATA payload that does not fit is read into the reader's own buffer.
+// A DATA payload that does not fit, any other payload, and every payload
+// when block is nil, is read into the reader's own buffer, valid until the
+// next call.
 func (fr *FrameReader) NextInto(block []byte) (typ byte, payload []byte, err error) {
 	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
 		return 0, nil, err
@@ -181,7 +164,7 @@ func (fr *FrameReader) NextInto(block []byte) (typ byte, payload []byte, err err
 		return typ, nil, err
 	}
 	dst := block[len(block):]
-	if typ != FrameData || cap(dst) < n {
+	if typ != FrameData || block == nil || cap(dst) < n {
 		if cap(fr.buf) < n {
 			fr.buf = make([]byte, n)
 		}

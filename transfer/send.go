@@ -467,12 +467,9 @@ func (s *sender) chunks(r io.Reader, h io.Writer, stream bool) (next func() (chu
 			return chunk{}, false
 		}
 		n, err := io.ReadFull(r, buf[HeaderSize:])
+		done = err != nil // end of file, or a read error carried by this chunk
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			err = nil
-			done = true
-		}
-		if err != nil {
-			done = true
 		}
 		if n == 0 && err == nil {
 			return chunk{}, false
